@@ -1,0 +1,163 @@
+"""Settings: the one place that reads the environment (prefix ``OMNICLINIC_``).
+
+Library packages (``omni_core``, ``medical_data``, ``audit``) never read the environment; the app
+passes them the paths, secrets and limits they need from here.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SECRET_KEY_FILENAME = "secret_key"
+DATABASE_FILENAME = "omniclinic.db"
+MIN_SECRET_LENGTH = 32
+# Values that show up in tutorials and .env templates; a deployment that uses one is refused.
+KNOWN_PLACEHOLDER_SECRETS = frozenset(
+    {"changeme", "change-me", "changethis", "secret", "secret-key", "your-secret-key", "password", "default"}
+)
+
+
+class SettingsError(RuntimeError):
+    """A setting is unusable (bad value, unsafe secret, unwritable data folder). The message says how to fix it."""
+
+
+def default_data_dir() -> Path:
+    """The per-user data folder (e.g. ``~/.local/share/omniclinic`` on Linux)."""
+    return Path(platformdirs.user_data_dir("omniclinic", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Deployment settings. Every field can be set as ``OMNICLINIC_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="OMNICLINIC_", extra="ignore", validate_default=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="Where the database, keys and caches live.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in the data folder.")
+    host: str = Field(default="127.0.0.1", description="Interface the web app listens on.")
+    port: int = Field(default=7860, ge=1, le=65535, description="Port the web app listens on.")
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Signing key for sessions; empty means generated once and kept 0600 in the data folder.",
+    )
+    model_dir: Path | None = Field(
+        default=None, description="Folder of the omni model (save_pretrained layout); empty means the bundled default."
+    )
+    asr_model: str = Field(
+        default="tiny.en", description="'tiny.en' (bundled), 'base', or a local CTranslate2 Whisper folder."
+    )
+    tts_engine: Literal["auto", "piper", "espeak"] = Field(default="auto", description="Speech synthesis engine.")
+    cpu_threads: int = Field(default=2, ge=1, le=256, description="Threads for CPU inference.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("data_dir", "model_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
+
+    @field_validator("secret_key", mode="after")
+    @classmethod
+    def _refuse_weak_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        raw = value.get_secret_value()
+        if raw.strip().lower() in KNOWN_PLACEHOLDER_SECRETS:
+            raise ValueError("OMNICLINIC_SECRET_KEY is a well-known placeholder; unset it to have one generated")
+        if len(raw) < MIN_SECRET_LENGTH:
+            raise ValueError(f"OMNICLINIC_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / DATABASE_FILENAME}"
+        return self
+
+    @property
+    def secret_key_path(self) -> Path:
+        return self.data_dir / SECRET_KEY_FILENAME
+
+    def prepare_data_dir(self) -> None:
+        """Create the data folder (0700) if it is missing.
+
+        Raises:
+            SettingsError: the folder cannot be created or written.
+        """
+        try:
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(
+                f"cannot create the data folder {self.data_dir} ({exc.strerror}); "
+                "set OMNICLINIC_DATA_DIR to a folder this user can write"
+            ) from None
+        if not self.data_dir.is_dir() or not os.access(self.data_dir, os.W_OK | os.X_OK):
+            raise SettingsError(
+                f"the data folder {self.data_dir} is not a writable folder; "
+                "set OMNICLINIC_DATA_DIR to a folder this user can write"
+            )
+
+    def resolve_secret_key(self) -> SecretStr:
+        """The secret key: from the environment, else from the data folder, generated there on first run.
+
+        The key file is created atomically with mode 0600 and never overwritten. A key file that other
+        users can read is refused, as ssh refuses a readable private key.
+
+        Raises:
+            SettingsError: the key file is unreadable, too permissive, or too short.
+        """
+        if self.secret_key is not None:
+            return self.secret_key
+        self.prepare_data_dir()
+        path = self.secret_key_path
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return self._read_secret_key_file(path)
+        except OSError as exc:
+            raise SettingsError(f"cannot create the secret key file {path} ({exc.strerror})") from None
+        key = secrets.token_urlsafe(48)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return SecretStr(key)
+
+    @staticmethod
+    def _read_secret_key_file(path: Path) -> SecretStr:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise SettingsError(
+                f"the secret key file {path} is readable by other users (mode {mode:o}); run: chmod 600 {path}"
+            )
+        key = path.read_text(encoding="utf-8").strip()
+        if len(key) < MIN_SECRET_LENGTH:
+            raise SettingsError(f"the secret key file {path} holds a key that is too short; delete it to regenerate")
+        return SecretStr(key)
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment, turning validation errors into one readable SettingsError."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            problems.append(f"OMNICLINIC_{field.upper()}: {error['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests clear the cache with ``get_settings.cache_clear()``)."""
+    return load_settings()

@@ -1,0 +1,1 @@
+"""Stage recipes that train the omni model (DeepSpeed, torchrun), one recipe per stage."""

@@ -1,0 +1,232 @@
+"""Reading DICOM safely: bounded in size and nesting, typed rejections, nothing half-written.
+
+pydicom does the parsing; this module adds what a hospital batch needs around it: limits checked
+before work is spent, every parse failure turned into a typed reason, pydicom's value warnings kept
+out of logs (they quote element values, which may be identifying), and atomic writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.encaps import generate_fragments
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from medical_data.errors import (
+    DicomLimitError,
+    DicomRejected,
+    NotDicomError,
+    TruncatedDicomError,
+)
+
+GiB = 1024**3
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class DicomLimits:
+    """Bounds that keep one bad file from costing unbounded time or memory."""
+
+    max_file_bytes: int = 2 * GiB
+    """Files larger than this are refused before reading."""
+    max_sequence_depth: int = 16
+    """Sequences nested deeper than this are refused (real IODs nest a handful of levels)."""
+    max_pixel_bytes: int = 2 * GiB
+    """Decoded pixel data larger than this (rows x columns x frames x samples x bytes) is refused."""
+
+    def __post_init__(self) -> None:
+        if self.max_file_bytes <= 0 or self.max_sequence_depth <= 0 or self.max_pixel_bytes <= 0:
+            raise ValueError("DICOM limits must be positive")
+
+
+DEFAULT_LIMITS = DicomLimits()
+
+
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom's value warnings, which quote element values (possibly names or IDs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def check_structure(dataset: Dataset, limits: DicomLimits = DEFAULT_LIMITS) -> int:
+    """Walk the dataset without recursion; return the deepest sequence nesting.
+
+    Checks each element's declared length against the bytes actually read *before* pydicom converts
+    it (pydicom keeps what is there and goes on, so a crafted or cut file would otherwise be written
+    back out corrupt), and the nesting depth against the limit.
+
+    Raises:
+        TruncatedDicomError: an element declares more bytes than the file holds.
+        DicomLimitError: sequences nest deeper than ``limits.max_sequence_depth``.
+    """
+    deepest = 0
+    stack: list[tuple[Dataset, int]] = [(dataset, 0)]
+    while stack:
+        current, depth = stack.pop()
+        if depth > limits.max_sequence_depth:
+            raise DicomLimitError(f"sequences nested over the limit of {limits.max_sequence_depth}")
+        deepest = max(deepest, depth)
+        for tag in list(current.keys()):
+            raw = current.get_item(tag)
+            if _is_short(raw):
+                raise TruncatedDicomError(f"element {tag} declares {raw.length} bytes but the file ends first")
+            if raw is not None and raw.VR == "SQ":
+                stack.extend((item, depth + 1) for item in current[tag].value)
+    return deepest
+
+
+def read_dicom(
+    source: str | os.PathLike[str] | BinaryIO,
+    *,
+    limits: DicomLimits = DEFAULT_LIMITS,
+    stop_before_pixels: bool = False,
+    require_sop_instance: bool = True,
+) -> FileDataset:
+    """Read a DICOM file completely, or reject it with a typed reason.
+
+    A file without the 128-byte preamble and ``DICM`` prefix is accepted only if it still parses as a
+    dataset with SOP identity (old ACR-NEMA style exports); anything else is ``NotDicomError``.
+
+    Args:
+        source: a path or a binary file object.
+        limits: size and nesting bounds.
+        stop_before_pixels: skip the pixel data (fast header scans).
+        require_sop_instance: reject objects without a SOP Instance UID (False for DICOMDIRs).
+
+    Returns:
+        The dataset with every element parsed (so truncation shows here, not later).
+
+    Raises:
+        DicomRejected: subclasses say why (not DICOM, truncated, over a limit).
+    """
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise DicomRejected(f"cannot read file ({exc.strerror})") from None
+        if size > limits.max_file_bytes:
+            raise DicomLimitError(f"file is {size} bytes, over the {limits.max_file_bytes} byte limit")
+        if size == 0:
+            raise NotDicomError("file is empty")
+    with quiet_pydicom():
+        try:
+            try:
+                dataset = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
+            except InvalidDicomError:
+                _rewind(source)
+                dataset = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels, force=True)
+                if (
+                    "SOPInstanceUID" not in dataset
+                    and "SOPClassUID" not in dataset
+                    and "DirectoryRecordSequence" not in dataset
+                ):
+                    raise NotDicomError("not a DICOM file (no DICM prefix and no SOP identity)") from None
+            if len(dataset) == 0:
+                raise TruncatedDicomError("no data elements could be parsed (truncated or corrupt)")
+            check_structure(dataset, limits)
+            if not stop_before_pixels:
+                _check_pixel_data(dataset, limits)
+            for element in dataset.iterall():  # convert every value now: truncation surfaces here
+                _ = element.value
+        except DicomRejected:
+            raise
+        except RecursionError:
+            raise DicomLimitError("sequences nested too deep to parse") from None
+        except MemoryError:
+            raise DicomLimitError("an element is too large to read") from None
+        except (EOFError, struct.error, OverflowError) as exc:
+            raise TruncatedDicomError(
+                f"file ends early or has an impossible element length ({type(exc).__name__})"
+            ) from None
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError, OSError) as exc:
+            raise DicomRejected(f"malformed DICOM ({type(exc).__name__})") from None
+    if require_sop_instance and "SOPInstanceUID" not in dataset:
+        raise DicomRejected("not a complete DICOM object (no SOP Instance UID)")
+    _fill_transfer_syntax(dataset)
+    return dataset
+
+
+def _fill_transfer_syntax(dataset: FileDataset) -> None:
+    """Files without file meta (ACR-NEMA style) get the transfer syntax they were actually read with."""
+    if "TransferSyntaxUID" in dataset.file_meta:
+        return
+    implicit, little = dataset.original_encoding
+    if implicit:
+        dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _is_short(raw: object) -> bool:
+    """A raw element whose value holds fewer bytes than its header declares."""
+    if not isinstance(raw, RawDataElement) or raw.length == UNDEFINED_LENGTH or raw.value is None:
+        return False
+    return len(raw.value) < raw.length
+
+
+def expected_native_pixel_bytes(dataset: Dataset) -> int:
+    """Bytes of uncompressed pixel data implied by the image geometry."""
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    if dataset.get("PhotometricInterpretation") == "YBR_FULL_422":  # chroma subsampled 2:1 horizontally
+        samples = 2
+    pixels = int(dataset.Rows) * int(dataset.Columns) * frames * samples
+    bits = int(dataset.BitsAllocated)
+    return (pixels + 7) // 8 if bits == 1 else pixels * (bits // 8)
+
+
+def _check_pixel_data(dataset: Dataset, limits: DicomLimits) -> None:
+    if "PixelData" not in dataset or not {"Rows", "Columns", "BitsAllocated"} <= set(dataset.dir()):
+        return
+    expected = expected_native_pixel_bytes(dataset)
+    if expected > limits.max_pixel_bytes:
+        raise DicomLimitError(f"pixel data would decode to {expected} bytes, over the {limits.max_pixel_bytes} limit")
+    transfer_syntax = dataset.file_meta.get("TransferSyntaxUID")
+    if transfer_syntax is not None and transfer_syntax.is_compressed:
+        try:
+            for _ in generate_fragments(dataset.PixelData):
+                pass
+        except (ValueError, EOFError, struct.error) as exc:
+            raise TruncatedDicomError(f"encapsulated pixel data is broken ({type(exc).__name__})") from None
+    elif len(dataset.PixelData) < expected:
+        raise TruncatedDicomError(f"pixel data holds {len(dataset.PixelData)} of {expected} bytes")
+
+
+def _rewind(source: object) -> None:
+    if hasattr(source, "seek"):
+        source.seek(0)  # type: ignore[attr-defined]
+
+
+def write_atomically(dataset: Dataset, destination: Path) -> None:
+    """Write ``dataset`` to ``destination`` so that the file appears whole or not at all.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk, then renamed over the
+    destination (``os.replace`` is atomic on POSIX and Windows).
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".partial-", suffix=".dcm", dir=destination.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle, quiet_pydicom():
+            dataset.save_as(handle, enforce_file_format=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, destination)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

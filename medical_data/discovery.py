@@ -1,0 +1,210 @@
+"""Find the studies and series in any input: files, folder trees, zips and DICOMDIRs.
+
+Headers only are read (``stop_before_pixels``); instances are grouped by Study and Series Instance
+UID. Archive member names are never used as paths: members are extracted under generated names,
+with limits against zip bombs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.fileset import FileSet
+
+from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom
+from medical_data.errors import ArchiveRejected, MedicalDataError
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Bounds on zip input."""
+
+    max_members: int = 100_000
+    max_total_bytes: int = 32 * 1024**3
+    max_ratio: float = 200.0
+    """A member that inflates more than this many times is treated as a zip bomb."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A file to read, and the name to show for it (``archive.zip!member`` for zip members)."""
+
+    path: Path
+    display_name: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A file that could not be used, with a typed reason (no patient data)."""
+
+    display_name: str
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    path: Path
+    display_name: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    instance_number: int | None
+
+
+@dataclass
+class SeriesRef:
+    series_instance_uid: str
+    modality: str
+    series_description: str
+    instances: list[InstanceRef] = field(default_factory=list)
+
+
+@dataclass
+class StudyRef:
+    study_instance_uid: str
+    study_description: str
+    accession_number: str
+    series: dict[str, SeriesRef] = field(default_factory=dict)
+
+    @property
+    def instance_count(self) -> int:
+        return sum(len(series.instances) for series in self.series.values())
+
+
+@dataclass
+class ScanResult:
+    studies: dict[str, StudyRef] = field(default_factory=dict)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def _extract_zip(archive: Path, destination: Path, limits: ArchiveLimits) -> Iterator[InputFile]:
+    try:
+        handle = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ArchiveRejected(f"not a readable zip ({type(exc).__name__})") from None
+    with handle:
+        members = [info for info in handle.infolist() if not info.is_dir()]
+        if len(members) > limits.max_members:
+            raise ArchiveRejected(f"zip holds {len(members)} files, over the limit of {limits.max_members}")
+        total = sum(info.file_size for info in members)
+        if total > limits.max_total_bytes:
+            raise ArchiveRejected(f"zip inflates to {total} bytes, over the limit of {limits.max_total_bytes}")
+        destination.mkdir(parents=True, exist_ok=True)
+        for index, info in enumerate(members):
+            if info.flag_bits & 0x1:
+                raise ArchiveRejected("zip members are encrypted")
+            if info.compress_size and info.file_size / info.compress_size > limits.max_ratio:
+                raise ArchiveRejected("a zip member inflates suspiciously far (zip bomb)")
+            target = destination / f"{index:06d}.member"
+            with handle.open(info) as source, open(target, "wb") as sink:
+                shutil.copyfileobj(source, sink, length=1024 * 1024)
+            yield InputFile(target, f"{archive}!{info.filename}")
+
+
+def _dicomdir_members(dicomdir: Path) -> Iterator[InputFile]:
+    root = dicomdir.parent.resolve()
+    fileset = FileSet(read_dicom(dicomdir, stop_before_pixels=True, require_sop_instance=False))
+    for instance in fileset:
+        path = Path(instance.path).resolve()
+        if not path.is_relative_to(root):  # a record that points outside the file-set is ignored
+            continue
+        yield InputFile(path, str(path))
+
+
+def iter_input_files(
+    sources: Iterable[str | os.PathLike[str]],
+    *,
+    extract_dir: Path,
+    archive_limits: ArchiveLimits = ArchiveLimits(),
+    rejected: list[Rejection] | None = None,
+) -> Iterator[InputFile]:
+    """Every candidate file in ``sources``, in a stable order.
+
+    Folders are walked (sorted, symlinks not followed); DICOMDIR files inside folders are skipped
+    because the walk finds the files they index; a DICOMDIR given directly yields its records; zips
+    are extracted under ``extract_dir``. Unusable archives are appended to ``rejected``.
+    """
+    archive_numbers = itertools.count()
+    for source in map(Path, sources):
+        if source.is_dir():
+            for folder, subfolders, names in os.walk(source):
+                subfolders.sort()
+                for name in sorted(names):
+                    path = Path(folder) / name
+                    if name.upper() == "DICOMDIR" or name.startswith(".") or path.is_symlink():
+                        continue
+                    yield from _expand_file(path, extract_dir / str(next(archive_numbers)), archive_limits, rejected)
+        elif source.name.upper() == "DICOMDIR":
+            try:
+                yield from _dicomdir_members(source)
+            except MedicalDataError as exc:
+                _reject(rejected, str(source), exc)
+        elif source.exists():
+            yield from _expand_file(source, extract_dir / str(next(archive_numbers)), archive_limits, rejected)
+        else:
+            _reject(rejected, str(source), MedicalDataError("no such file or folder"))
+
+
+def _expand_file(
+    path: Path, extract_to: Path, limits: ArchiveLimits, rejected: list[Rejection] | None
+) -> Iterator[InputFile]:
+    if path.suffix.lower() == ".zip" and zipfile.is_zipfile(path):
+        try:
+            yield from _extract_zip(path, extract_to, limits)
+        except ArchiveRejected as exc:
+            _reject(rejected, str(path), exc)
+    else:
+        yield InputFile(path, str(path))
+
+
+def _reject(rejected: list[Rejection] | None, name: str, error: MedicalDataError) -> None:
+    if rejected is not None:
+        rejected.append(Rejection(name, error.code, error.reason))
+
+
+def scan(
+    sources: Iterable[str | os.PathLike[str]],
+    *,
+    extract_dir: Path,
+    limits: DicomLimits = DEFAULT_LIMITS,
+    archive_limits: ArchiveLimits = ArchiveLimits(),
+) -> ScanResult:
+    """Index the studies and series in ``sources`` by UID, reading headers only."""
+    result = ScanResult()
+    for item in iter_input_files(
+        sources, extract_dir=extract_dir, archive_limits=archive_limits, rejected=result.rejected
+    ):
+        try:
+            dataset = read_dicom(item.path, limits=limits, stop_before_pixels=True)
+            study_uid, series_uid = str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID)
+        except MedicalDataError as exc:
+            _reject(result.rejected, item.display_name, exc)
+            continue
+        except AttributeError:
+            _reject(result.rejected, item.display_name, MedicalDataError("no Study or Series Instance UID"))
+            continue
+        study = result.studies.setdefault(
+            study_uid,
+            StudyRef(study_uid, str(dataset.get("StudyDescription", "")), str(dataset.get("AccessionNumber", ""))),
+        )
+        series = study.series.setdefault(
+            series_uid,
+            SeriesRef(series_uid, str(dataset.get("Modality", "")), str(dataset.get("SeriesDescription", ""))),
+        )
+        number = dataset.get("InstanceNumber")
+        series.instances.append(
+            InstanceRef(
+                item.path,
+                item.display_name,
+                str(dataset.SOPInstanceUID),
+                str(dataset.get("SOPClassUID", "")),
+                int(number) if number not in (None, "") else None,
+            )
+        )
+    return result

@@ -1,0 +1,116 @@
+"""MONAI transforms that turn loaded studies into model inputs, as array + dictionary pairs.
+
+- ``NativeResolutionResize``: keep the aspect ratio, sides multiples of the patch-merge factor (28 =
+  patch 14 x 2x2 merge), total pixels within a budget (the Qwen2-VL / NaViT rule).
+- ``SelectFrames``: a 3D series or cine as an evenly sampled frame sequence whose length is a
+  multiple of the temporal patch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.data import PersistentDataset
+from monai.transforms import MapTransform, Resize, Transform
+
+PATCH_FACTOR = 28
+DEFAULT_MIN_PIXELS = 4 * PATCH_FACTOR * PATCH_FACTOR
+DEFAULT_MAX_PIXELS = 1280 * PATCH_FACTOR * PATCH_FACTOR  # ~1 MP; the released model allows up to ~3.2 MP
+
+
+def native_resolution_size(
+    height: int,
+    width: int,
+    *,
+    factor: int = PATCH_FACTOR,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[int, int]:
+    """The (height, width) closest to the input with sides multiples of ``factor`` and area in budget."""
+    if height <= 0 or width <= 0:
+        raise ValueError("image sides must be positive")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError("aspect ratio over 200 is not an image the model can use")
+    new_h = max(factor, round(height / factor) * factor)
+    new_w = max(factor, round(width / factor) * factor)
+    if new_h * new_w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        new_h = max(factor, math.floor(height / beta / factor) * factor)
+        new_w = max(factor, math.floor(width / beta / factor) * factor)
+    elif new_h * new_w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        new_h = math.ceil(height * beta / factor) * factor
+        new_w = math.ceil(width * beta / factor) * factor
+    return new_h, new_w
+
+
+class NativeResolutionResize(Transform):
+    """Resize ``(C, H, W)`` or ``(C, D, H, W)`` in-plane to the native-resolution grid (area-averaging down)."""
+
+    def __init__(
+        self, factor: int = PATCH_FACTOR, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> None:
+        if min_pixels > max_pixels or factor <= 0:
+            raise ValueError("need 0 < factor and min_pixels <= max_pixels")
+        self.factor, self.min_pixels, self.max_pixels = factor, min_pixels, max_pixels
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        size = native_resolution_size(
+            int(height), int(width), factor=self.factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels
+        )
+        spatial = (-1, *size) if image.ndim == 4 else size
+        return Resize(spatial_size=spatial, mode="area" if size[0] * size[1] < height * width else "bilinear")(image)
+
+
+class SelectFrames(Transform):
+    """Sample ``(C, D, H, W)`` along D to at most ``max_frames``, a multiple of ``temporal_patch``."""
+
+    def __init__(self, max_frames: int = 32, temporal_patch: int = 2) -> None:
+        if max_frames < temporal_patch or temporal_patch < 1:
+            raise ValueError("need max_frames >= temporal_patch >= 1")
+        self.max_frames, self.temporal_patch = max_frames, temporal_patch
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if image.ndim != 4:
+            raise ValueError("SelectFrames expects a (C, D, H, W) tensor")
+        depth = image.shape[1]
+        count = min(depth, self.max_frames)
+        count = max(self.temporal_patch, count - count % self.temporal_patch)
+        indices = torch.linspace(0, depth - 1, count).round().long()  # repeats frames when depth < count
+        return image[:, indices]
+
+
+class NativeResolutionResized(MapTransform):
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs: Any) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.resizer = NativeResolutionResize(**kwargs)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.resizer(d[key])
+        return d
+
+
+class SelectFramesd(MapTransform):
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs: Any) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.selector = SelectFrames(**kwargs)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.selector(d[key])
+        return d
+
+
+def persistent_dataset(records: Sequence[dict[str, Any]], transform: Transform, cache_dir: Path) -> PersistentDataset:
+    """MONAI's on-disk cache for training: each record's deterministic transforms run once."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return PersistentDataset(data=list(records), transform=transform, cache_dir=cache_dir)

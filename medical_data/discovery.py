@@ -31,6 +31,9 @@ class ArchiveLimits:
     """A member that inflates more than this many times is treated as a zip bomb."""
 
 
+DEFAULT_ARCHIVE_LIMITS = ArchiveLimits()
+
+
 @dataclass(frozen=True)
 class InputFile:
     """A file to read, and the name to show for it (``archive.zip!member`` for zip members)."""
@@ -121,7 +124,7 @@ def iter_input_files(
     sources: Iterable[str | os.PathLike[str]],
     *,
     extract_dir: Path,
-    archive_limits: ArchiveLimits = ArchiveLimits(),
+    archive_limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS,
     rejected: list[Rejection] | None = None,
 ) -> Iterator[InputFile]:
     """Every candidate file in ``sources``, in a stable order.
@@ -173,7 +176,7 @@ def scan(
     *,
     extract_dir: Path,
     limits: DicomLimits = DEFAULT_LIMITS,
-    archive_limits: ArchiveLimits = ArchiveLimits(),
+    archive_limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS,
 ) -> ScanResult:
     """Index the studies and series in ``sources`` by UID, reading headers only."""
     result = ScanResult()

@@ -1,0 +1,138 @@
+"""De-identify many files: one outcome per file in a JSON-lines report, the batch always carries on.
+
+Outputs are named by their de-identified UIDs only (``STUDY/SERIES/SOP.dcm``), written atomically.
+Report lines hold paths, statuses, reason codes and counts of actions: never an identifying value
+from inside a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, TextIO
+
+from medical_data.deid.dicom import DicomDeidentifier
+from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom, write_atomically
+from medical_data.discovery import DEFAULT_ARCHIVE_LIMITS, ArchiveLimits, InputFile, Rejection, iter_input_files
+from medical_data.errors import MedicalDataError
+
+Status = Literal["written", "quarantined", "rejected"]
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    input: str
+    output: str | None
+    status: Status
+    code: str = ""
+    reason: str = ""
+    actions: dict[str, int] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class BatchSummary:
+    counts: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def all_written(self) -> bool:
+        return self.counts["written"] > 0 and not self.counts["quarantined"] and not self.counts["rejected"]
+
+    def add(self, outcome: FileOutcome) -> None:
+        self.counts[outcome.status] += 1
+        if outcome.code:
+            self.reasons[outcome.code] += 1
+
+
+def output_path(out_dir: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+    return out_dir / study_uid / series_uid / f"{sop_uid}.dcm"
+
+
+def deidentify_one(
+    item: InputFile, out_dir: Path, deidentifier: DicomDeidentifier, limits: DicomLimits, written: set[str]
+) -> FileOutcome:
+    """Read, de-identify and write one file; every failure becomes an outcome, never an exception."""
+    try:
+        dataset = read_dicom(item.path, limits=limits)
+        outcome = deidentifier.deidentify(dataset)
+        sop_uid = str(dataset.SOPInstanceUID)
+        if sop_uid in written:
+            return FileOutcome(
+                item.display_name,
+                None,
+                "rejected",
+                "duplicate_instance",
+                "the same SOP instance appeared twice in the input; the first copy was kept",
+            )
+        destination = output_path(out_dir, str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), sop_uid)
+        write_atomically(dataset, destination)
+        written.add(sop_uid)
+        return FileOutcome(
+            item.display_name,
+            str(destination),
+            "written",
+            actions=dict(outcome.actions),
+            warnings=tuple(outcome.warnings),
+        )
+    except MedicalDataError as exc:
+        status: Status = "quarantined" if exc.code.startswith("quarantined") else "rejected"
+        return FileOutcome(item.display_name, None, status, exc.code, exc.reason)
+    except AttributeError as exc:  # a required attribute (study or series UID) is absent
+        return FileOutcome(item.display_name, None, "rejected", "missing_attribute", f"{type(exc).__name__}")
+    except Exception as exc:  # the batch carries on; the type names the problem, the value stays out
+        return FileOutcome(item.display_name, None, "rejected", "unexpected_error", type(exc).__name__)
+
+
+def deidentify_files(
+    sources: Iterable[str | os.PathLike[str]],
+    out_dir: Path,
+    deidentifier: DicomDeidentifier,
+    *,
+    work_dir: Path,
+    report_path: Path | None = None,
+    limits: DicomLimits = DEFAULT_LIMITS,
+    archive_limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> BatchSummary:
+    """De-identify every DICOM file under ``sources`` into ``out_dir``.
+
+    Args:
+        sources: files, folders, zips or DICOMDIRs.
+        out_dir: where de-identified files go (created).
+        deidentifier: the configured profile and site secret.
+        work_dir: scratch space for extracted archives.
+        report_path: JSON-lines report, one line per input file, written as the batch goes.
+        limits: per-file reading bounds.
+        archive_limits: zip bounds.
+        on_progress: called with (done, total) after each file.
+    """
+    rejected: list[Rejection] = []
+    items = list(iter_input_files(sources, extract_dir=work_dir, archive_limits=archive_limits, rejected=rejected))
+    summary, written = BatchSummary(), set()
+    with contextlib.ExitStack() as stack:
+        report: TextIO | None = None
+        if report_path is not None:
+            report_path.parent.mkdir(parents=True, exist_ok=True)
+            report = stack.enter_context(open(report_path, "w", encoding="utf-8"))
+        for rejection in rejected:
+            _record(
+                summary, report, FileOutcome(rejection.display_name, None, "rejected", rejection.code, rejection.reason)
+            )
+        for done, item in enumerate(items, start=1):
+            _record(summary, report, deidentify_one(item, out_dir, deidentifier, limits, written))
+            if on_progress is not None:
+                on_progress(done, len(items))
+    return summary
+
+
+def _record(summary: BatchSummary, report: TextIO | None, outcome: FileOutcome) -> None:
+    summary.add(outcome)
+    if report is not None:
+        report.write(json.dumps(asdict(outcome), sort_keys=True) + "\n")
+        report.flush()

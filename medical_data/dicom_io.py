@@ -143,6 +143,11 @@ def read_dicom(
                 _check_pixel_data(dataset, limits)
             for element in dataset.iterall():  # convert every value now: truncation surfaces here
                 _ = element.value
+            for element in dataset.file_meta:
+                _ = element.value
+            if require_sop_instance and "SOPInstanceUID" not in dataset:
+                raise DicomRejected("not a complete DICOM object (no SOP Instance UID)")
+            _fill_transfer_syntax(dataset)
         except DicomRejected:
             raise
         except RecursionError:
@@ -153,11 +158,8 @@ def read_dicom(
             raise TruncatedDicomError(
                 f"file ends early or has an impossible element length ({type(exc).__name__})"
             ) from None
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError, OSError) as exc:
+        except Exception as exc:  # pydicom raises many types (ValueError, BytesLengthException, ...) on bad input
             raise DicomRejected(f"malformed DICOM ({type(exc).__name__})") from None
-    if require_sop_instance and "SOPInstanceUID" not in dataset:
-        raise DicomRejected("not a complete DICOM object (no SOP Instance UID)")
-    _fill_transfer_syntax(dataset)
     return dataset
 
 

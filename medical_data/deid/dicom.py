@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -35,7 +36,8 @@ from medical_data.deid.text import KnownIdentifiers, TextScrubber
 from medical_data.dicom_io import quiet_pydicom
 from medical_data.errors import MedicalDataError
 
-PATIENT_NAME, PATIENT_ID = 0x00100010, 0x00100020
+PATIENT_NAME, PATIENT_ID, TIMEZONE_OFFSET = 0x00100010, 0x00100020, 0x00080201
+TIMEZONE_PATTERN = re.compile(r"[+-]\d{4}")
 TEXT_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC", "PN"})
 NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"})
 BYTE_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN"})
@@ -153,7 +155,7 @@ class DicomDeidentifier:
                 raise BurnedInAnnotationError(f"quarantined: {risk}")
             outcome.warnings.append(f"written although {risk}: burned-in text may remain")
         patient_key = str(dataset.get("PatientID", "") or dataset.get("StudyInstanceUID", ""))
-        known = KnownIdentifiers.from_dataset(dataset) if self._cleans_text else KnownIdentifiers()
+        known = KnownIdentifiers.from_dataset(dataset)  # before the walk changes the header
         shift = timedelta(days=self.date_shift_days(patient_key))
         transfer_syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
 
@@ -172,15 +174,13 @@ class DicomDeidentifier:
             dataset.file_meta = self._file_meta(dataset, transfer_syntax)
         return outcome
 
-    @property
-    def _cleans_text(self) -> bool:
-        return self.options.clean_descriptors or self.options.retain_patient_characteristics
-
     def _apply(
         self, ds: Dataset, element: DataElement, counts: Counter[str], known: KnownIdentifiers, shift: timedelta
     ) -> None:
         tag = element.tag
-        if tag.element == 0x0000:  # group lengths are retired and would be wrong after edits
+        if tag.element == 0x0000 or tag.group in (0x0000, 0x0002):
+            # group lengths are retired and would be wrong after edits; command (0000) and file meta
+            # (0002) elements do not belong in a stored dataset body (the file meta is rebuilt)
             del ds[tag]
             return
         if tag.is_private:
@@ -249,9 +249,12 @@ class DicomDeidentifier:
         if vr in ("DA", "DT"):
             element.value = _shift_dates(element.value, shift, vr)
             return "C"
-        if vr in ("TM", "SQ", "AS", "CS") or vr in NUMBER_VRS:
-            return "K"  # times stay with whole-day shifts; sequences are walked; codes hold no free text
-        if vr in TEXT_VRS:
+        if element.tag == TIMEZONE_OFFSET:
+            element.value = element.value if TIMEZONE_PATTERN.fullmatch(str(element.value or "")) else ""
+            return "C"
+        if vr in ("TM", "SQ", "AS") or vr in NUMBER_VRS:
+            return "K"  # times stay with whole-day shifts; sequences are walked; ages are characteristics
+        if vr in TEXT_VRS or vr == "CS":
             scrubber = self._scrubber = self._scrubber or TextScrubber()
             values = element.value if element.VM > 1 else [element.value]
             cleaned = [scrubber.scrub(str(v or ""), known).text for v in values]

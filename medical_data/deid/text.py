@@ -23,6 +23,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 if TYPE_CHECKING:
     from presidio_analyzer import AnalyzerEngine
@@ -40,6 +41,10 @@ PLACEHOLDERS = {
     "US_SSN": "[ID]",
 }
 MIN_KNOWN_LENGTH = 2
+MONTH_NAMES = (
+    r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
+    r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
+)
 _MONTHS = (
     "January",
     "February",
@@ -123,9 +128,9 @@ class KnownIdentifiers:
 def _as_list(value: Any) -> list[Any]:
     if value is None or value == "":
         return []
-    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
-        return [value]
-    return list(value)
+    if isinstance(value, MultiValue | list | tuple):
+        return list(value)
+    return [value]  # strings, PersonName (iterable over characters), numbers
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,8 @@ class TextScrubber:
                 r"\s*[:#]?\s*[A-Z0-9][A-Z0-9-]{3,}\b",
             ),
             pattern("MRN", r"\b\d{7,}\b", 0.6),
+            pattern("DATE_TIME", rf"(?i)\b{MONTH_NAMES}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b"),
+            pattern("DATE_TIME", rf"(?i)\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{MONTH_NAMES}\.?,?\s+\d{{4}}\b"),
             pattern("EMAIL_ADDRESS", r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"),
             pattern(
                 "STREET_ADDRESS",

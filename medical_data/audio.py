@@ -1,0 +1,124 @@
+"""Dictations and voice queries to 16 kHz mono float32, with PyAV (FFmpeg; no system ffmpeg needed).
+
+Reads wav, flac, ogg/opus, webm and mp3 (anything FFmpeg demuxes). Size is checked before decoding
+and duration while decoding, so an over-long upload stops early instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import numpy as np
+
+from medical_data.errors import AudioDecodeError, AudioLimitError
+
+SAMPLE_RATE = 16_000
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    max_bytes: int = 100 * MiB
+    max_seconds: float = 600.0
+    """Ten minutes covers a long dictation; the app uses a shorter limit for voice questions."""
+    min_seconds: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0 or self.max_seconds <= 0 or self.min_seconds < 0:
+            raise ValueError("audio limits must be positive")
+
+
+DEFAULT_AUDIO_LIMITS = AudioLimits()
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    samples: np.ndarray = field(repr=False)
+    """float32, mono, in [-1, 1], at SAMPLE_RATE."""
+    sample_rate: int
+    source_format: str
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+def decode_audio(
+    source: str | os.PathLike[str] | bytes | BinaryIO,
+    *,
+    limits: AudioLimits = DEFAULT_AUDIO_LIMITS,
+) -> DecodedAudio:
+    """Decode any audio file FFmpeg reads to 16 kHz mono float32.
+
+    Raises:
+        AudioLimitError: larger than ``max_bytes``, longer than ``max_seconds`` or shorter than ``min_seconds``.
+        AudioDecodeError: not audio, corrupt, or holds no audio stream.
+    """
+    handle = _open_bounded(source, limits)
+    max_samples = int(limits.max_seconds * SAMPLE_RATE)
+    chunks: list[np.ndarray] = []
+    total = 0
+    try:
+        with av.open(handle, mode="r") as container:
+            stream = next((s for s in container.streams if s.type == "audio"), None)
+            if stream is None:
+                raise AudioDecodeError("the file holds no audio stream")
+            if stream.duration is not None and stream.time_base is not None:
+                declared = float(stream.duration * stream.time_base)
+                if declared > limits.max_seconds:
+                    raise AudioLimitError(f"audio lasts {declared:.0f} s, over the {limits.max_seconds:.0f} s limit")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            source_format = container.format.name
+            for frame in container.decode(stream):
+                for converted in resampler.resample(frame):
+                    total += _append(chunks, converted)
+                if total > max_samples:
+                    raise AudioLimitError(f"audio is longer than the {limits.max_seconds:.0f} s limit")
+            for converted in resampler.resample(None):
+                total += _append(chunks, converted)
+    except (AudioDecodeError, AudioLimitError):
+        raise
+    except av.FFmpegError as exc:
+        raise AudioDecodeError(f"not decodable audio ({type(exc).__name__})") from None
+    except (ValueError, OSError, UnicodeDecodeError, IndexError) as exc:
+        raise AudioDecodeError(f"not decodable audio ({type(exc).__name__})") from None
+    if total > max_samples:
+        raise AudioLimitError(f"audio is longer than the {limits.max_seconds:.0f} s limit")
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    if len(samples) < limits.min_seconds * SAMPLE_RATE:
+        raise AudioLimitError(f"audio is shorter than {limits.min_seconds} s")
+    if not np.all(np.isfinite(samples)):
+        raise AudioDecodeError("decoded audio holds invalid samples")
+    return DecodedAudio(np.clip(samples, -1.0, 1.0), SAMPLE_RATE, source_format)
+
+
+def _append(chunks: list[np.ndarray], frame: av.AudioFrame) -> int:
+    array = frame.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+    chunks.append(array)
+    return len(array)
+
+
+def _open_bounded(source: str | os.PathLike[str] | bytes | BinaryIO, limits: AudioLimits) -> str | BinaryIO:
+    if isinstance(source, bytes):
+        if len(source) > limits.max_bytes:
+            raise AudioLimitError(f"audio is {len(source)} bytes, over the {limits.max_bytes} byte limit")
+        if not source:
+            raise AudioDecodeError("the audio is empty")
+        return io.BytesIO(source)
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise AudioDecodeError(f"cannot read the audio file ({exc.strerror})") from None
+        if size > limits.max_bytes:
+            raise AudioLimitError(f"audio is {size} bytes, over the {limits.max_bytes} byte limit")
+        if size == 0:
+            raise AudioDecodeError("the audio file is empty")
+        return str(path)  # PyAV opens and closes it
+    return source

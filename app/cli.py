@@ -132,5 +132,21 @@ def doctor(
         raise typer.Exit(1)
 
 
+def current_settings() -> Settings:
+    """Settings for a subcommand, with errors turned into a usage exit (no traceback)."""
+    return _settings()
+
+
+def _register_data_commands() -> None:
+    from app.commands import data
+
+    cli.command()(data.deid)
+    cli.command()(data.ingest)
+    cli.command()(data.inspect)
+
+
+_register_data_commands()
+
+
 def main() -> None:
     cli()

@@ -22,7 +22,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medical_data.errors import (
     DicomLimitError,
@@ -141,6 +141,8 @@ def read_dicom(
             check_structure(dataset, limits)
             if not stop_before_pixels:
                 _check_pixel_data(dataset, limits)
+                if _is_image_storage(dataset) and not _has_pixels(dataset):
+                    raise TruncatedDicomError("an image object without pixel data (truncated?)")
             for element in dataset.iterall():  # convert every value now: truncation surfaces here
                 _ = element.value
             for element in dataset.file_meta:
@@ -179,6 +181,15 @@ def _is_short(raw: object) -> bool:
     if not isinstance(raw, RawDataElement) or raw.length == UNDEFINED_LENGTH or raw.value is None:
         return False
     return len(raw.value) < raw.length
+
+
+def _is_image_storage(dataset: Dataset) -> bool:
+    sop_class = dataset.get("SOPClassUID")
+    return sop_class is not None and UID(str(sop_class)).name.endswith("Image Storage")
+
+
+def _has_pixels(dataset: Dataset) -> bool:
+    return any(keyword in dataset for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
 
 
 def expected_native_pixel_bytes(dataset: Dataset) -> int:

@@ -1,5 +1,8 @@
 """MONAI transforms that turn loaded studies into model inputs, as array + dictionary pairs.
 
+- ``LoadSeries``: DICOM file(s) of one series (or one multi-frame object) to a ``(C, D, H, W)``
+  MetaTensor (see ``medical_data.study``).
+
 - ``NativeResolutionResize``: keep the aspect ratio, sides multiples of the patch-merge factor (28 =
   patch 14 x 2x2 merge), total pixels within a budget (the Qwen2-VL / NaViT rule).
 - ``SelectFrames``: a 3D series or cine as an evenly sampled frame sequence whose length is a
@@ -15,8 +18,10 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
-from monai.data import PersistentDataset
+from monai.data import MetaTensor, PersistentDataset
 from monai.transforms import MapTransform, Resize, Transform
+
+from medical_data.study import load_image, load_series
 
 PATCH_FACTOR = 28
 DEFAULT_MIN_PIXELS = 4 * PATCH_FACTOR * PATCH_FACTOR
@@ -47,6 +52,23 @@ def native_resolution_size(
         new_h = math.ceil(height * beta / factor) * factor
         new_w = math.ceil(width * beta / factor) * factor
     return new_h, new_w
+
+
+class LoadSeries(Transform):
+    """Load one series: a list of slice files (sorted geometrically) or a single image object.
+
+    Paths may be relative to ``root``, so a cache keyed on the record survives moving the dataset.
+    """
+
+    def __init__(self, root: Path | None = None, preset: str | None = None, three_window_ct: bool = False) -> None:
+        self.root, self.preset, self.three_window_ct = root, preset, three_window_ct
+
+    def __call__(self, paths: str | Path | Sequence[str | Path]) -> MetaTensor:
+        items = [paths] if isinstance(paths, str | Path) else list(paths)
+        resolved = [self.root / p if self.root is not None else Path(p) for p in items]
+        if len(resolved) == 1:
+            return load_image(resolved[0], preset=self.preset, three_window_ct=self.three_window_ct)
+        return load_series(resolved, preset=self.preset, three_window_ct=self.three_window_ct)
 
 
 class NativeResolutionResize(Transform):
@@ -84,6 +106,18 @@ class SelectFrames(Transform):
         count = max(self.temporal_patch, count - count % self.temporal_patch)
         indices = torch.linspace(0, depth - 1, count).round().long()  # repeats frames when depth < count
         return image[:, indices]
+
+
+class LoadSeriesd(MapTransform):
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs: Any) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadSeries(**kwargs)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d
 
 
 class NativeResolutionResized(MapTransform):

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SECRET_KEY_FILENAME = "secret_key"
+DEID_SECRET_FILENAME = "deid_secret"
 DATABASE_FILENAME = "omniclinic.db"
 MIN_SECRET_LENGTH = 32
 # Values that show up in tutorials and .env templates; a deployment that uses one is refused.
@@ -48,6 +49,11 @@ class Settings(BaseSettings):
         default=None,
         description="Signing key for sessions; empty means generated once and kept 0600 in the data folder.",
     )
+    deid_secret: SecretStr | None = Field(
+        default=None,
+        description="Site key for de-identification (UIDs, pseudonyms, date shifts); share it between sites that "
+        "must map the same patient alike. Empty means generated once and kept 0600 in the data folder.",
+    )
     model_dir: Path | None = Field(
         default=None, description="Folder of the omni model (save_pretrained layout); empty means the bundled default."
     )
@@ -63,16 +69,17 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
 
-    @field_validator("secret_key", mode="after")
+    @field_validator("secret_key", "deid_secret", mode="after")
     @classmethod
-    def _refuse_weak_secret(cls, value: SecretStr | None) -> SecretStr | None:
+    def _refuse_weak_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if value is None or not value.get_secret_value():
             return None
         raw = value.get_secret_value()
+        name = f"OMNICLINIC_{info.field_name.upper()}"
         if raw.strip().lower() in KNOWN_PLACEHOLDER_SECRETS:
-            raise ValueError("OMNICLINIC_SECRET_KEY is a well-known placeholder; unset it to have one generated")
+            raise ValueError(f"{name} is a well-known placeholder; unset it to have one generated")
         if len(raw) < MIN_SECRET_LENGTH:
-            raise ValueError(f"OMNICLINIC_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters")
+            raise ValueError(f"{name} must be at least {MIN_SECRET_LENGTH} characters")
         return value
 
     @model_validator(mode="after")
@@ -84,6 +91,10 @@ class Settings(BaseSettings):
     @property
     def secret_key_path(self) -> Path:
         return self.data_dir / SECRET_KEY_FILENAME
+
+    @property
+    def deid_secret_path(self) -> Path:
+        return self.data_dir / DEID_SECRET_FILENAME
 
     def prepare_data_dir(self) -> None:
         """Create the data folder (0700) if it is missing.
@@ -105,24 +116,30 @@ class Settings(BaseSettings):
             )
 
     def resolve_secret_key(self) -> SecretStr:
-        """The secret key: from the environment, else from the data folder, generated there on first run.
-
-        The key file is created atomically with mode 0600 and never overwritten. A key file that other
-        users can read is refused, as ssh refuses a readable private key.
+        """The session signing key: from the environment, else the data folder (generated on first run).
 
         Raises:
             SettingsError: the key file is unreadable, too permissive, or too short.
         """
-        if self.secret_key is not None:
-            return self.secret_key
+        return self.secret_key or self._load_or_create_secret(self.secret_key_path)
+
+    def resolve_deid_secret(self) -> bytes:
+        """The de-identification site key, as bytes (kept apart from the session key, so rotating
+        the one never changes the pseudonyms made with the other)."""
+        return (self.deid_secret or self._load_or_create_secret(self.deid_secret_path)).get_secret_value().encode()
+
+    def _load_or_create_secret(self, path: Path) -> SecretStr:
+        """Read a key file, or create it atomically with mode 0600 (never overwritten).
+
+        A key file that other users can read is refused, as ssh refuses a readable private key.
+        """
         self.prepare_data_dir()
-        path = self.secret_key_path
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            return self._read_secret_key_file(path)
+            return self._read_secret_file(path)
         except OSError as exc:
-            raise SettingsError(f"cannot create the secret key file {path} ({exc.strerror})") from None
+            raise SettingsError(f"cannot create the key file {path} ({exc.strerror})") from None
         key = secrets.token_urlsafe(48)
         with os.fdopen(fd, "w") as handle:
             handle.write(key + "\n")
@@ -131,15 +148,15 @@ class Settings(BaseSettings):
         return SecretStr(key)
 
     @staticmethod
-    def _read_secret_key_file(path: Path) -> SecretStr:
+    def _read_secret_file(path: Path) -> SecretStr:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             raise SettingsError(
-                f"the secret key file {path} is readable by other users (mode {mode:o}); run: chmod 600 {path}"
+                f"the key file {path} is readable by other users (mode {mode:o}); run: chmod 600 {path}"
             )
         key = path.read_text(encoding="utf-8").strip()
         if len(key) < MIN_SECRET_LENGTH:
-            raise SettingsError(f"the secret key file {path} holds a key that is too short; delete it to regenerate")
+            raise SettingsError(f"the key file {path} holds a key that is too short; delete it to regenerate")
         return SecretStr(key)
 
 

@@ -1,0 +1,227 @@
+"""``omniclinic deid``, ``ingest`` and ``inspect``: studies in, identity out, summaries on screen."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.core.config import Settings, SettingsError
+
+EXIT_PROBLEMS, EXIT_USAGE = 1, 2
+
+
+class Profile(StrEnum):
+    basic = "basic"
+
+
+def _usage_error(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _parse_safe_private(entries: list[str]) -> tuple[tuple[str, int, int], ...]:
+    parsed = []
+    for entry in entries:
+        try:
+            creator, group, element = entry.rsplit(":", 2)
+            group_number, element_number = int(group, 16), int(element, 16)
+        except ValueError:
+            raise _usage_error(f"--keep-private takes CREATOR:GGGG:EE (hex), got {entry!r}") from None
+        if group_number % 2 == 0 or not 0 <= element_number <= 0xFF:
+            raise _usage_error(f"--keep-private {entry!r}: the group must be odd and the element 00-FF")
+        parsed.append((creator, group_number, element_number))
+    return tuple(parsed)
+
+
+def _deidentifier(
+    settings: Settings,
+    retain_dates: bool,
+    retain_patient_characteristics: bool,
+    clean_descriptors: bool,
+    keep_private: list[str],
+    allow_burned_in: bool,
+):  # type: ignore[no-untyped-def]
+    from app import __version__
+    from medical_data.deid import DicomDeidentifier, ProfileOptions
+
+    options = ProfileOptions(
+        retain_dates=retain_dates,
+        retain_patient_characteristics=retain_patient_characteristics,
+        clean_descriptors=clean_descriptors,
+        safe_private=_parse_safe_private(keep_private),
+    )
+    try:
+        secret = settings.resolve_deid_secret()
+    except SettingsError as exc:
+        raise _usage_error(str(exc)) from None
+    return DicomDeidentifier(
+        site_secret=secret, options=options, allow_burned_in=allow_burned_in, method_label=f"omniclinic {__version__}"
+    )
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise _usage_error(f"--out {out} exists and is not a folder")
+
+
+@contextmanager
+def _progress(label: str):  # type: ignore[no-untyped-def]
+    """A progress bar on stderr when it is a terminal; silent otherwise (logs, CI)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True
+    ) as progress:
+        task = progress.add_task(label, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
+RetainDates = Annotated[bool, typer.Option("--retain-dates", help="Shift dates per patient instead of removing them.")]
+RetainCharacteristics = Annotated[
+    bool, typer.Option("--retain-patient-characteristics", help="Keep age, sex, size, weight.")
+]
+CleanDescriptors = Annotated[
+    bool, typer.Option("--clean-descriptors", help="Keep descriptions and comments with identifiers removed.")
+]
+KeepPrivate = Annotated[
+    list[str], typer.Option("--keep-private", help="Keep a safe private attribute: CREATOR:GGGG:EE (repeatable).")
+]
+AllowBurnedIn = Annotated[
+    bool, typer.Option("--allow-burned-in", help="Write objects whose pixels may show identity (not quarantined).")
+]
+
+
+def deid(
+    sources: Annotated[list[Path], typer.Argument(help="Files, folders, zips or DICOMDIRs.", exists=True)],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the de-identified tree.")],
+    profile: Annotated[Profile, typer.Option(help="Confidentiality profile (PS3.15 Annex E).")] = Profile.basic,
+    retain_dates: RetainDates = False,
+    retain_patient_characteristics: RetainCharacteristics = False,
+    clean_descriptors: CleanDescriptors = False,
+    keep_private: KeepPrivate = [],  # noqa: B006 - typer reads the default, never mutates it
+    allow_burned_in: AllowBurnedIn = False,
+    report: Annotated[Path | None, typer.Option(help="JSON-lines report [default: in the data folder].")] = None,
+) -> None:
+    """De-identify DICOM studies. Exit 0 when every file was written, 1 when any was quarantined or rejected."""
+    from app.cli import current_settings
+    from medical_data.deid import deidentify_files
+
+    settings = current_settings()
+    _check_out_dir(out)
+    deidentifier = _deidentifier(
+        settings, retain_dates, retain_patient_characteristics, clean_descriptors, keep_private, allow_burned_in
+    )
+    report_path = report or settings.data_dir / "reports" / f"deid-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.jsonl"
+    with tempfile.TemporaryDirectory(prefix="omniclinic-deid-") as work, _progress("de-identifying") as progress:
+        summary = deidentify_files(
+            sources, out, deidentifier, work_dir=Path(work), report_path=report_path, on_progress=progress
+        )
+    counts = summary.counts
+    typer.echo(f"written {counts['written']}, quarantined {counts['quarantined']}, rejected {counts['rejected']}")
+    for code, number in sorted(summary.reasons.items()):
+        typer.echo(f"  {code}: {number}")
+    typer.echo(f"report: {report_path}")
+    if not summary.all_written:
+        raise typer.Exit(EXIT_PROBLEMS)
+
+
+def ingest(
+    source: Annotated[Path, typer.Argument(help="A hospital folder of studies and report notes.", exists=True)],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the de-identified training dataset.")],
+    retain_dates: RetainDates = False,
+    retain_patient_characteristics: RetainCharacteristics = False,
+    clean_descriptors: CleanDescriptors = False,
+    keep_private: KeepPrivate = [],  # noqa: B006
+    allow_burned_in: AllowBurnedIn = False,
+    cache: Annotated[bool, typer.Option(help="Cache model-ready tensors (MONAI PersistentDataset).")] = True,
+    max_frames: Annotated[int, typer.Option(min=2, max=1024, help="Frames kept per series.")] = 32,
+) -> None:
+    """Build a de-identified training dataset; rerun to resume. Exit 1 when files were skipped."""
+    from app.cli import current_settings
+    from medical_data.ingest import MANIFEST_NAME, ingest_folder
+
+    settings = current_settings()
+    _check_out_dir(out)
+    deidentifier = _deidentifier(
+        settings, retain_dates, retain_patient_characteristics, clean_descriptors, keep_private, allow_burned_in
+    )
+    resolved = out.resolve()
+    if resolved.is_relative_to(source.resolve()):
+        raise _usage_error("--out must not be inside the source folder")
+    state_path = settings.data_dir / "ingest" / f"{hashlib.sha256(str(resolved).encode()).hexdigest()[:16]}.jsonl"
+    with tempfile.TemporaryDirectory(prefix="omniclinic-ingest-") as work, _progress("ingesting") as progress:
+        summary = ingest_folder(
+            source,
+            resolved,
+            deidentifier,
+            state_path=state_path,
+            work_dir=Path(work),
+            cache=cache,
+            max_frames=max_frames,
+            on_progress=progress,
+        )
+    typer.echo(
+        f"written {summary.written}, already done {summary.already_done}, quarantined {summary.quarantined}, "
+        f"rejected {len(summary.rejected)}"
+    )
+    typer.echo(
+        f"series {summary.series}, cached {summary.cached_series}; "
+        f"report notes paired {summary.notes_paired}, unpaired {summary.notes_unpaired}"
+    )
+    for rejection in summary.rejected:
+        typer.echo(f"  skipped {rejection.display_name}: {rejection.reason}")
+    for series_uid, reason in summary.uncached_series:
+        typer.echo(f"  not cached: series {series_uid}: {reason}")
+    typer.echo(f"manifest: {resolved / MANIFEST_NAME}")
+    if not summary.clean:
+        raise typer.Exit(EXIT_PROBLEMS)
+
+
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A file, folder, zip or DICOMDIR.", exists=True)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Summarize the studies in PATH: series, modality, sizes, spacing, window. Exit 1 if nothing readable."""
+    from medical_data.discovery import scan
+    from medical_data.summary import summarize
+
+    with tempfile.TemporaryDirectory(prefix="omniclinic-inspect-") as work:
+        result = scan([path], extract_dir=Path(work))
+        studies = summarize(result)
+    if as_json:
+        payload = {
+            "studies": [s.as_dict() for s in studies],
+            "rejected": [{"file": r.display_name, "code": r.code, "reason": r.reason} for r in result.rejected],
+        }
+        typer.echo(json.dumps(payload, indent=2))
+    else:
+        for study in studies:
+            typer.echo(f"study {study.study_instance_uid}  {study.study_date}  {study.study_description}".rstrip())
+            for s in study.series:
+                size = f"{s.columns}x{s.rows}" + (f"x{s.frames} frames" if s.frames > 1 else "")
+                spacing = "x".join(f"{v:g}" for v in s.spacing_mm) + " mm" if s.spacing_mm else "spacing unknown"
+                typer.echo(
+                    f"  {s.modality or '??':<6} {s.instances:>4} inst  {size:<18} {spacing:<24} {s.window}"
+                    f"  [{s.transfer_syntax}] {s.series_description}".rstrip()
+                )
+                if s.problem:
+                    typer.echo(f"         note: {s.problem}")
+        if result.rejected:
+            typer.echo(f"{len(result.rejected)} file(s) not readable as DICOM:")
+            for rejection in result.rejected:
+                typer.echo(f"  {rejection.display_name}: {rejection.reason}")
+    if not studies:
+        raise typer.Exit(EXIT_PROBLEMS)

@@ -1,0 +1,168 @@
+"""`omniclinic deid`, `ingest` and `inspect` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+from typer.testing import CliRunner
+
+from app.cli import cli
+
+from ..medical_data.conftest import make_ct_slice
+
+runner = CliRunner()
+SECRETS = ("Rivera", "Tomas", "H9912345", "ACC777")
+
+
+@pytest.fixture
+def hospital(tmp_path: Path) -> Path:
+    """A small hospital export: one CT series with a report, an MR image, an ultrasound, a cut file."""
+    root = tmp_path / "export"
+    (root / "ct").mkdir(parents=True)
+    study, series = generate_uid(), generate_uid()
+    for index in range(4):
+        ds = make_ct_slice(
+            position=(0, 0, 2.0 * index),
+            instance_number=index + 1,
+            study_uid=study,
+            series_uid=series,
+            pixels=np.full((16, 16), 1000 + 40 * index),
+        )
+        ds.PatientName, ds.PatientID, ds.AccessionNumber = "Rivera^Tomas", "H9912345", "ACC777"
+        ds.save_as(root / "ct" / f"{index}.dcm", enforce_file_format=True)
+    shutil.copy(get_testdata_file("MR_small.dcm"), root / "mr.dcm")
+    shutil.copy(get_testdata_file("US1_UNCR.dcm"), root / "us.dcm")
+    (root / "cut.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes()[:3000])
+    (root / "reports.csv").write_text(
+        'accession_number,text\nACC777,"Tomas Rivera (H9912345): 6 mm nodule, right lower lobe."\n', encoding="utf-8"
+    )
+    return root
+
+
+def _all_text(folder: Path) -> str:
+    return "\n".join(p.read_bytes().decode("latin-1") for p in folder.rglob("*") if p.is_file())
+
+
+def test_deid_writes_a_clean_tree_and_exits_1_on_problems(
+    hospital: Path, tmp_path: Path, isolated_settings: Path
+) -> None:
+    out = tmp_path / "deid"
+    result = runner.invoke(cli, ["deid", str(hospital), "--out", str(out), "--report", str(tmp_path / "r.jsonl")])
+    assert result.exit_code == 1, result.output
+    assert "written 5, quarantined 1, rejected 2" in result.stdout  # the cut file and the CSV are rejected
+    written = sorted(out.rglob("*.dcm"))
+    assert len(written) == 5
+    text = _all_text(out)
+    assert not any(secret in text for secret in SECRETS)
+    lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert {line["status"] for line in lines} == {"written", "quarantined", "rejected"}
+    key = isolated_settings / "deid_secret"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+def test_deid_exit_0_when_all_written_and_stable_across_runs(hospital: Path, tmp_path: Path) -> None:
+    for run in ("a", "b"):
+        result = runner.invoke(cli, ["deid", str(hospital / "ct"), "--out", str(tmp_path / run)])
+        assert result.exit_code == 0, result.output
+    names_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.dcm"))
+    names_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.dcm"))
+    assert names_a == names_b and len(names_a) == 4  # the same site key maps the same UIDs
+
+
+def test_deid_options_reach_the_files(hospital: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        cli,
+        [
+            "deid",
+            str(hospital / "ct"),
+            "--out",
+            str(tmp_path / "o"),
+            "--retain-dates",
+            "--retain-patient-characteristics",
+            "--clean-descriptors",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    ds = pydicom.dcmread(next((tmp_path / "o").rglob("*.dcm")))
+    assert {item.CodeValue for item in ds.DeidentificationMethodCodeSequence} == {
+        "113100",
+        "113107",
+        "113108",
+        "113105",
+    }
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--keep-private", "nonsense"], "CREATOR:GGGG:EE"),
+        (["--keep-private", "X:0010:10"], "group must be odd"),
+        (["--profile", "strict"], "strict"),
+    ],
+)
+def test_deid_usage_errors_exit_2(hospital: Path, tmp_path: Path, arguments: list[str], message: str) -> None:
+    result = runner.invoke(cli, ["deid", str(hospital), "--out", str(tmp_path / "o"), *arguments])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_deid_missing_source_and_file_as_out_exit_2(hospital: Path, tmp_path: Path) -> None:
+    assert runner.invoke(cli, ["deid", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]).exit_code == 2
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = runner.invoke(cli, ["deid", str(hospital), "--out", str(blocker)])
+    assert result.exit_code == 2 and "not a folder" in result.output
+
+
+def test_ingest_builds_a_dataset_and_resumes(hospital: Path, tmp_path: Path, isolated_settings: Path) -> None:
+    out = tmp_path / "dataset"
+    first = runner.invoke(cli, ["ingest", str(hospital), "--out", str(out)])
+    assert first.exit_code == 1, first.output  # the ultrasound is quarantined, the cut file skipped and listed
+    assert "skipped" in first.stdout and "cut.dcm" in first.stdout
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(entry["modality"] for entry in manifest) == ["CT", "MR"]
+    ct = next(entry for entry in manifest if entry["modality"] == "CT")
+    assert ct["instances"] == 4 and ct["cached"] and ct["report"]
+    report = (out / ct["report"]).read_text()
+    assert "6 mm nodule, right lower lobe" in report
+    assert not any(secret in _all_text(out) for secret in SECRETS)
+    assert not any(str(hospital) in line for line in (out / "manifest.jsonl").read_text().splitlines())
+    assert len(list((out / "cache").glob("*.pt"))) == 2
+
+    again = runner.invoke(cli, ["ingest", str(hospital), "--out", str(out)])
+    assert "written 0, already done 7" in again.stdout, again.output
+
+    from medical_data.ingest import cached_dataset
+
+    dataset = cached_dataset(out)
+    images = [dataset[i]["image"] for i in range(len(dataset))]
+    assert all(image.shape[-1] % 28 == 0 and image.shape[-2] % 28 == 0 for image in images)
+
+
+def test_ingest_refuses_out_inside_source(hospital: Path) -> None:
+    result = runner.invoke(cli, ["ingest", str(hospital), "--out", str(hospital / "dataset")])
+    assert result.exit_code == 2 and "inside the source" in result.output
+
+
+def test_inspect_summarizes_without_identity(hospital: Path) -> None:
+    result = runner.invoke(cli, ["inspect", str(hospital)])
+    assert result.exit_code == 0, result.output
+    assert "CT" in result.stdout and "4 inst" in result.stdout and "2x0.7x0.8 mm" in result.stdout
+    assert "not readable as DICOM" in result.stdout
+    assert not any(secret in result.stdout for secret in ("Rivera", "H9912345"))
+    payload = json.loads(runner.invoke(cli, ["inspect", str(hospital), "--json"]).stdout)
+    assert {s["modality"] for study in payload["studies"] for s in study["series"]} == {"CT", "MR", "US"}
+
+
+def test_inspect_nothing_readable_exits_1(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("hello")
+    assert runner.invoke(cli, ["inspect", str(tmp_path)]).exit_code == 1

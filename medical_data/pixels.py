@@ -8,6 +8,8 @@ header or a named preset, MONOCHROME1 inversion, palette colour and YBR to RGB.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +17,13 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, get_decoder
 
-from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, expected_native_pixel_bytes, quiet_pydicom
+from medical_data.dicom_io import (
+    DEFAULT_LIMITS,
+    DicomLimits,
+    expected_native_pixel_bytes,
+    quiet_pydicom,
+    typed_dicom_errors,
+)
 from medical_data.errors import DicomLimitError, MissingPixelDataError, UndecodablePixelDataError
 
 
@@ -175,7 +183,7 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     return np.clip(scaled, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def choose_window(dataset: Dataset, values: np.ndarray, preset: str | None = None) -> Window:
+def choose_window(dataset: Dataset, percentile: Callable[[], Window], preset: str | None = None) -> Window:
     """A named CT preset, else the header's window, else a CT default or a robust percentile window."""
     if preset is not None:
         if preset not in CT_PRESETS:
@@ -186,7 +194,96 @@ def choose_window(dataset: Dataset, values: np.ndarray, preset: str | None = Non
         return window
     if dataset.get("Modality") == "CT":
         return CT_PRESETS["mediastinum"]
-    return percentile_window(values)
+    return percentile()
+
+
+def _lut_indices(frames: np.ndarray) -> np.ndarray | None:
+    """Integer pixels of at most 16 bits, viewed as unsigned lookup-table indices; None for other pixels."""
+    if frames.dtype.kind not in "ui" or frames.dtype.itemsize > 2:
+        return None
+    return frames.view(np.dtype(f"u{frames.dtype.itemsize}"))
+
+
+@functools.cache
+def _stored_values(dtype: str) -> np.ndarray:
+    """The stored value each lookup-table index means (two's complement for signed pixels)."""
+    size = np.dtype(dtype).itemsize
+    codes = np.arange(2 ** (8 * size), dtype=np.int64).astype(f"u{size}")
+    values = codes.view(dtype).astype(np.float64)
+    values.flags.writeable = False
+    return values
+
+
+@functools.cache
+def _value_order(dtype: str) -> np.ndarray:
+    """Lookup-table indices sorted by the value they mean (signed codes are not in value order)."""
+    order = np.argsort(_stored_values(dtype), kind="stable")
+    order.flags.writeable = False
+    return order
+
+
+@functools.lru_cache(maxsize=16)
+def _scale_lut(dtype: str, peak: float) -> np.ndarray:
+    """Stored colour value -> [0, 1] float32."""
+    lut = np.clip(_stored_values(dtype) / peak, 0.0, 1.0).astype(np.float32)
+    lut.flags.writeable = False
+    return lut
+
+
+def _to_unit_range(channels: np.ndarray, peak: float) -> np.ndarray:
+    indices = _lut_indices(channels)
+    if indices is None:
+        return np.clip(channels.astype(np.float32) / np.float32(peak), 0.0, 1.0)
+    return np.take(_scale_lut(channels.dtype.str, peak), indices)
+
+
+@functools.lru_cache(maxsize=64)
+def _window_lut(dtype: str, slope: float, intercept: float, window: Window, invert: bool) -> np.ndarray:
+    """Stored value -> windowed [0, 1]: built once per series (its slices share all four parameters)."""
+    lut = apply_window((_stored_values(dtype) * slope + intercept).astype(np.float32), window)
+    lut = 1.0 - lut if invert else lut
+    lut.flags.writeable = False
+    return lut
+
+
+def window_frames(
+    frames: np.ndarray, rescales: list[tuple[float, float]], window: Window, invert: bool = False
+) -> np.ndarray:
+    """Stored values to windowed [0, 1] float32 in one pass: rescale, window and inversion fused.
+
+    Integer pixels of at most 16 bits go through a cached lookup table of every possible stored value
+    (the DICOM LUT pipeline: one gather over the image); others are computed in place. Both give
+    ``apply_window(modality_values(...))`` to float32 rounding.
+    """
+    indices = _lut_indices(frames)
+    if indices is not None and len(set(rescales)) == 1:
+        slope, intercept = rescales[0]
+        return np.take(_window_lut(frames.dtype.str, slope, intercept, window, invert), indices)
+    out = frames.astype(np.float32)
+    for index, (slope, intercept) in enumerate(rescales):
+        out[index] = apply_window(out[index] * np.float32(slope) + np.float32(intercept), window)
+    return 1.0 - out if invert else out
+
+
+def percentile_window_of_stored(frames: np.ndarray, rescales: list[tuple[float, float]]) -> Window:
+    """``percentile_window`` of the modality values, from a histogram when pixels are small integers."""
+    indices = _lut_indices(frames)
+    if indices is None or len(set(rescales)) != 1:
+        return percentile_window(
+            np.concatenate(
+                [
+                    (frame.astype(np.float32) * slope + intercept).ravel()
+                    for frame, (slope, intercept) in zip(frames, rescales, strict=True)
+                ]
+            )
+        )
+    values, order = _stored_values(frames.dtype.str), _value_order(frames.dtype.str)
+    slope, intercept = rescales[0]
+    counts = np.bincount(indices.ravel(), minlength=len(values))
+    cumulative = np.cumsum(counts[order]) / counts.sum()
+    low, high = (values[order][np.searchsorted(cumulative, q / 100)] for q in PERCENTILE_RANGE)
+    low, high = sorted((low * slope + intercept, high * slope + intercept))
+    return Window((low + high) / 2, max(high - low, 1.0), f"p{PERCENTILE_RANGE[0]:g}-p{PERCENTILE_RANGE[1]:g}")
 
 
 def render(
@@ -208,24 +305,35 @@ def render(
 
     Returns:
         RenderedPixels with pixels of shape (frames, rows, columns, channels) in [0, 1].
+
+    Raises:
+        ValueError: an unknown preset name (a caller's mistake, not the file's).
+        DicomRejected: the file's pixels or header values cannot be used.
     """
+    if preset is not None and preset not in CT_PRESETS:
+        raise ValueError(f"unknown window preset {preset!r}; choose from {', '.join(CT_PRESETS)}")
+    return _render(dataset, preset, window, three_window_ct, limits)
+
+
+@typed_dicom_errors
+def _render(
+    dataset: Dataset, preset: str | None, window: Window | None, three_window_ct: bool, limits: DicomLimits
+) -> RenderedPixels:
     frames, photometric = decode_frames(dataset, limits)
     if photometric == "PALETTE COLOR":
         with quiet_pydicom():
             rgb = apply_color_lut(frames, dataset)
         peak = 65535.0 if rgb.dtype == np.uint16 else 255.0
-        return RenderedPixels((rgb / peak).astype(np.float32), (), "RGB", "RGB")
+        return RenderedPixels(_to_unit_range(rgb, peak), (), "RGB", "RGB")
     if frames.ndim == 4:  # RGB (YBR already converted by the decoder)
         peak = float(2 ** int(dataset.get("BitsStored", 8)) - 1)
-        return RenderedPixels((frames / peak).clip(0, 1).astype(np.float32), (), "RGB", "RGB")
-    values = modality_values(frames, dataset)
+        return RenderedPixels(_to_unit_range(frames, peak), (), "RGB", "RGB")
+    rescales = [_rescale_for_frame(dataset, index) for index in range(frames.shape[0])]
     is_ct = dataset.get("Modality") == "CT"
     units = "HU" if is_ct else "stored values"
     if three_window_ct and is_ct:
-        channels = np.stack([apply_window(values, window) for window in CT_THREE_WINDOWS], axis=-1)
+        channels = np.stack([window_frames(frames, rescales, w) for w in CT_THREE_WINDOWS], axis=-1)
         return RenderedPixels(channels, CT_THREE_WINDOWS, photometric, units)
-    window = window or choose_window(dataset, values, preset)
-    pixels = apply_window(values, window)
-    if photometric == "MONOCHROME1":  # high values are dark: invert so that 1 is always bright
-        pixels = 1.0 - pixels
+    window = window or choose_window(dataset, lambda: percentile_window_of_stored(frames, rescales), preset)
+    pixels = window_frames(frames, rescales, window, invert=photometric == "MONOCHROME1")
     return RenderedPixels(pixels[..., np.newaxis], (window,), photometric, units)

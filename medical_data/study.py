@@ -16,7 +16,7 @@ import torch
 from monai.data import MetaTensor
 from pydicom.dataset import Dataset
 
-from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom
+from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom, typed_dicom_errors
 from medical_data.pixels import RenderedPixels, render
 from medical_data.volume import SliceGeometry, multiframe_geometry, sort_slices
 
@@ -41,6 +41,7 @@ FACT_KEYWORDS = (
 )
 
 
+@typed_dicom_errors
 def header_facts(dataset: Dataset) -> dict[str, Any]:
     """Study facts from the header as plain strings (empty when absent)."""
     facts: dict[str, Any] = {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom
+from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom, typed_dicom_errors
 from medical_data.discovery import ScanResult, SeriesRef, StudyRef
 from medical_data.errors import MedicalDataError
 from medical_data.pixels import CT_PRESETS, header_window
@@ -52,6 +52,7 @@ def _window_text(header: object, modality: str) -> str:
     return "robust percentile 0.5-99.5 (from pixels)"
 
 
+@typed_dicom_errors
 def summarize_series(series: SeriesRef, limits: DicomLimits = DEFAULT_LIMITS) -> SeriesSummary:
     headers = [read_dicom(instance.path, limits=limits, stop_before_pixels=True) for instance in series.instances]
     first = headers[0]
@@ -92,11 +93,39 @@ def summarize(scan: ScanResult, limits: DicomLimits = DEFAULT_LIMITS) -> list[St
     studies = []
     for study in scan.studies.values():
         first_path = next(iter(study.series.values())).instances[0].path
-        date = str(read_dicom(first_path, limits=limits, stop_before_pixels=True).get("StudyDate", ""))
+        try:
+            date = _study_date(first_path, limits)
+        except MedicalDataError:
+            date = ""
         studies.append(_study_summary(study, date, limits))
     return studies
 
 
+@typed_dicom_errors
+def _study_date(path: object, limits: DicomLimits) -> str:
+    return str(read_dicom(path, limits=limits, stop_before_pixels=True).get("StudyDate", ""))  # type: ignore[arg-type]
+
+
 def _study_summary(study: StudyRef, date: str, limits: DicomLimits) -> StudySummary:
-    series = [summarize_series(s, limits) for s in study.series.values()]
+    series = []
+    for ref in study.series.values():
+        try:
+            series.append(summarize_series(ref, limits))
+        except MedicalDataError as exc:
+            series.append(
+                SeriesSummary(
+                    ref.series_instance_uid,
+                    ref.modality,
+                    ref.series_description,
+                    len(ref.instances),
+                    0,
+                    0,
+                    0,
+                    None,
+                    "",
+                    "",
+                    "",
+                    problem=exc.reason,
+                )
+            )
     return StudySummary(study.study_instance_uid, study.study_description, date, series)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom.dataset import Dataset
 
+from medical_data.dicom_io import typed_dicom_errors
 from medical_data.errors import SeriesGeometryError
 
 ORIENTATION_TOLERANCE = 1e-3
@@ -64,6 +65,7 @@ def direction_matrix(orientation: np.ndarray) -> np.ndarray:
     return np.stack([row, column, normal])
 
 
+@typed_dicom_errors
 def sort_slices(datasets: Sequence[Dataset]) -> tuple[list[Dataset], SliceGeometry]:
     """Order single-frame slices of one series geometrically.
 
@@ -113,6 +115,7 @@ def sort_slices(datasets: Sequence[Dataset]) -> tuple[list[Dataset], SliceGeomet
     return ordered, geometry
 
 
+@typed_dicom_errors
 def multiframe_geometry(dataset: Dataset) -> tuple[list[int], SliceGeometry]:
     """Frame order and geometry of a multi-frame object.
 

@@ -23,6 +23,7 @@ from datetime import date, timedelta
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import UID_dictionary
 
 from medical_data.deid.profile import (
@@ -33,7 +34,7 @@ from medical_data.deid.profile import (
     basic_profile,
 )
 from medical_data.deid.text import KnownIdentifiers, TextScrubber
-from medical_data.dicom_io import quiet_pydicom
+from medical_data.dicom_io import is_sequence, quiet_pydicom, typed_dicom_errors
 from medical_data.errors import MedicalDataError
 
 PATIENT_NAME, PATIENT_ID, TIMEZONE_OFFSET = 0x00100010, 0x00100020, 0x00080201
@@ -142,11 +143,13 @@ class DicomDeidentifier:
         return 1 + int.from_bytes(self._digest("date", patient_key)[:4], "big") % MAX_DATE_SHIFT_DAYS
 
     # -- the walk ------------------------------------------------------------------------------
+    @typed_dicom_errors
     def deidentify(self, dataset: Dataset) -> DeidOutcome:
         """De-identify ``dataset`` in place.
 
         Raises:
             BurnedInAnnotationError: the pixels may show identity and ``allow_burned_in`` is off.
+            DicomRejected: a value in the file is malformed.
         """
         outcome = DeidOutcome()
         risk = burned_in_risk(dataset)
@@ -155,15 +158,15 @@ class DicomDeidentifier:
                 raise BurnedInAnnotationError(f"quarantined: {risk}")
             outcome.warnings.append(f"written although {risk}: burned-in text may remain")
         patient_key = str(dataset.get("PatientID", "") or dataset.get("StudyInstanceUID", ""))
-        known = KnownIdentifiers.from_dataset(dataset)  # before the walk changes the header
+        # Free text is cleaned (not removed) only under these options; its identifiers come from the
+        # header before the walk changes it.
+        cleans_text = self.options.clean_descriptors or self.options.retain_patient_characteristics
+        known = KnownIdentifiers.from_dataset(dataset) if cleans_text else KnownIdentifiers()
         shift = timedelta(days=self.date_shift_days(patient_key))
         transfer_syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
 
-        def callback(ds: Dataset, element: DataElement) -> None:
-            self._apply(ds, element, outcome.actions, known, shift)
-
         with quiet_pydicom():
-            dataset.walk(callback, recursive=True)
+            self._walk(dataset, outcome.actions, known, shift)
             dataset.PatientName = dataset.PatientID = self.pseudonym(patient_key)  # also where they were absent
             dataset.PatientIdentityRemoved = "YES"
             dataset.DeidentificationMethod = self._method_text()
@@ -174,46 +177,59 @@ class DicomDeidentifier:
             dataset.file_meta = self._file_meta(dataset, transfer_syntax)
         return outcome
 
+    def _walk(self, dataset: Dataset, counts: Counter[str], known: KnownIdentifiers, shift: timedelta) -> None:
+        """Apply the table to every element, into every sequence item, without recursion.
+
+        Decisions come from the tag number and the raw VR: an element is converted from its raw bytes
+        only when it is changed or holds items to walk into. Removed and kept elements are never
+        parsed (most of a typical header: vendor private blocks), and kept ones are written back as
+        the bytes they came in.
+        """
+        stack = [dataset]
+        while stack:
+            ds = stack.pop()
+            for tag in list(ds.keys()):
+                if tag.element == 0x0000 or tag.group in (0x0000, 0x0002):
+                    # group lengths are retired and would be wrong after edits; command (0000) and file
+                    # meta (0002) elements do not belong in a stored dataset body (the meta is rebuilt)
+                    del ds[tag]
+                elif tag.is_private:
+                    if not self._keeps_private(ds, tag):
+                        del ds[tag]
+                        counts["private_removed"] += 1
+                elif tag in (PATIENT_NAME, PATIENT_ID):  # keyed pseudonym of the (nested) patient's ID
+                    nested_id = ds.get("PatientID", "")
+                    ds[tag].value = self.pseudonym(str(nested_id)) if nested_id else DUMMY_BY_VR["PN"]
+                    counts["pseudonym"] += 1
+                else:
+                    self._apply(ds, tag, counts, known, shift)
+                    if tag in ds and is_sequence(ds, tag):
+                        stack.extend(ds[tag].value)
+
     def _apply(
-        self, ds: Dataset, element: DataElement, counts: Counter[str], known: KnownIdentifiers, shift: timedelta
+        self, ds: Dataset, tag: BaseTag, counts: Counter[str], known: KnownIdentifiers, shift: timedelta
     ) -> None:
-        tag = element.tag
-        if tag.element == 0x0000 or tag.group in (0x0000, 0x0002):
-            # group lengths are retired and would be wrong after edits; command (0000) and file meta
-            # (0002) elements do not belong in a stored dataset body (the file meta is rebuilt)
-            del ds[tag]
-            return
-        if tag.is_private:
-            if not self._keeps_private(ds, element):
-                del ds[tag]
-                counts["private_removed"] += 1
-            return
-        if tag in (PATIENT_NAME, PATIENT_ID):  # keyed pseudonym of the (nested) patient's ID
-            nested_id = ds.get("PatientID", "")
-            element.value = self.pseudonym(str(nested_id)) if nested_id else DUMMY_BY_VR["PN"]
-            counts["pseudonym"] += 1
-            return
         action = self.profile.action_for(int(tag), self.options)
         if action is None or action == "K":
             return
         if action == "X":
             del ds[tag]
         elif action == "Z":
-            _empty(element)
+            _empty(ds[tag])
         elif action == "D":
-            self._dummy(element)
+            self._dummy(ds[tag])
         elif action == "U":
-            self._remap(element)
+            self._remap(ds[tag])
         elif action == "C":
-            action = self._clean(ds, element, known, shift)
+            action = self._clean(ds, ds[tag], known, shift)
         counts[action] += 1
 
-    def _keeps_private(self, ds: Dataset, element: DataElement) -> bool:
+    def _keeps_private(self, ds: Dataset, tag: BaseTag) -> bool:
         if not self._safe_private:
             return False
-        tag = element.tag
         if tag.is_private_creator:
-            return any(c == str(element.value) and g == tag.group for c, g, _ in self._safe_private)
+            creator_value = str(ds[tag].value)
+            return any(c == creator_value and g == tag.group for c, g, _ in self._safe_private)
         creator = ds.get((tag.group, tag.element >> 8))
         return creator is not None and (str(creator.value), tag.group, tag.element & 0xFF) in self._safe_private
 

@@ -227,3 +227,22 @@ def test_pixels_survive_de_identification() -> None:
     pixels = original.pixel_array.copy()
     reread = pydicom.dcmread(io.BytesIO(_saved_bytes(_deid(original))))
     np.testing.assert_array_equal(reread.pixel_array, pixels)
+
+
+def test_implicit_vr_sequences_are_walked() -> None:
+    """Implicit-VR files carry no VR on raw elements: nested sequences must still be found."""
+    original = read_dicom(shipped_file("rtplan.dcm"))
+    assert original.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
+    nested = [str(e.value) for e in original.iterall() if e.keyword == "ReferencedSOPInstanceUID"]
+    assert nested
+    data = _saved_bytes(_deid(original))
+    assert not any(uid.encode() in data for uid in nested)
+
+
+def test_structure_check_descends_into_implicit_vr_sequences(tmp_path: Path) -> None:
+    from medical_data.dicom_io import DicomLimits, check_structure
+
+    dataset = pydicom.dcmread(shipped_file("rtplan.dcm"))
+    assert check_structure(dataset) >= 2
+    with pytest.raises(Exception, match="nested"):
+        check_structure(pydicom.dcmread(shipped_file("rtplan.dcm")), DicomLimits(max_sequence_depth=1))

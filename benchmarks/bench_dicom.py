@@ -1,0 +1,131 @@
+"""DICOM loading and de-identification speed, as ratios against bare pydicom in the same run.
+
+- load: ``pydicom.dcmread`` + ``pixel_array`` (the baseline) against ``read_dicom`` + ``render`` (our
+  bounded read, structure checks, modality LUT and window), over 512x512 CT slices made here and
+  the small files pydicom ships. Aim: ours within 1.25x of bare pydicom.
+- de-identification: read + Annex E walk + atomic write, small files, one process. Aim: > 300 files/s.
+
+Each figure is the median of several rounds; the ratio is what to compare across machines.
+Run: ``make bench`` or ``python benchmarks/bench_dicom.py``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from medical_data.deid import DicomDeidentifier
+from medical_data.deid.batch import deidentify_one
+from medical_data.dicom_io import DEFAULT_LIMITS, read_dicom
+from medical_data.discovery import InputFile
+from medical_data.pixels import render
+
+ROUNDS = 5
+SMALL_FILES = ["CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "US1_UNCR.dcm", "SC_rgb.dcm"]
+
+
+def ct_slice(index: int, study: str, series: str) -> Dataset:
+    rng = np.random.default_rng(index)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = study, series, "CT"
+    ds.PatientName, ds.PatientID, ds.StudyDate = "Bench^Mark", "BENCH-1", "20240101"
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, index * 1.25], [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing, ds.Rows, ds.Columns = [0.7, 0.7], 512, 512
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    ds.PixelData = rng.integers(0, 4096, (512, 512), dtype=np.uint16).tobytes()
+    return ds
+
+
+def timed(work: Callable[[], int]) -> float:
+    """Median seconds per item over ROUNDS rounds of ``work`` (which returns how many items it did)."""
+    per_item = []
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        count = work()
+        per_item.append((time.perf_counter() - started) / count)
+    return statistics.median(per_item)
+
+
+def bare(paths: list[Path]) -> int:
+    for path in paths:
+        pydicom.dcmread(path).pixel_array  # noqa: B018 - decoding is the work being timed
+    return len(paths)
+
+
+def ours(paths: list[Path]) -> int:
+    for path in paths:
+        render(read_dicom(path))
+    return len(paths)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        study, series = generate_uid(), generate_uid()
+        large = []
+        for index in range(40):
+            path = root / "ct512" / f"{index}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ct_slice(index, study, series).save_as(path, enforce_file_format=True)
+            large.append(path)
+        small = [Path(get_testdata_file(name)) for name in SMALL_FILES]
+
+        print(f"{'load path':<34}{'bare ms/file':>14}{'ours ms/file':>14}{'ratio':>8}")
+        for label, paths in (("512x512 CT slices (40)", large), ("pydicom small files (5)", small * 8)):
+            base, mine = timed(lambda p=paths: bare(p)), timed(lambda p=paths: ours(p))
+            print(f"{label:<34}{base * 1e3:>14.2f}{mine * 1e3:>14.2f}{mine / base:>8.2f}")
+
+        deidentifier = DicomDeidentifier(site_secret=b"benchmark-site-secret-0123456789")
+        source = Path(get_testdata_file("CT_small.dcm"))
+        inputs = []
+        for index in range(200):
+            copy = root / "small" / f"{index}.dcm"
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            ds = pydicom.dcmread(source)
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.save_as(copy, enforce_file_format=True)
+            inputs.append(InputFile(copy, copy.name))
+
+        def deid_round() -> int:
+            out = root / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            written: set[str] = set()
+            for item in inputs:
+                deidentify_one(item, out, deidentifier, DEFAULT_LIMITS, written)
+            return len(inputs)
+
+        def copy_round() -> int:  # the floor: read and write back with no de-identification
+            out = root / "copy"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            for item in inputs:
+                pydicom.dcmread(item.path).save_as(out / item.path.name)
+            return len(inputs)
+
+        deid_s, copy_s = timed(deid_round), timed(copy_round)
+        print(f"\nde-identification, CT_small-sized files ({source.stat().st_size // 1024} KiB), one process:")
+        print(f"  bare pydicom read+write   {1 / copy_s:>8.0f} files/s")
+        print(f"  ours (read, Annex E, atomic write) {1 / deid_s:>8.0f} files/s   ratio {deid_s / copy_s:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -105,7 +105,7 @@ def check_structure(dataset: Dataset, limits: DicomLimits = DEFAULT_LIMITS) -> i
         for raw in current.elements():  # raw elements stay unconverted
             if _is_short(raw):
                 raise TruncatedDicomError(f"element {raw.tag} declares {raw.length} bytes but the file ends first")
-            if is_sequence(current, raw.tag):
+            if raw.VR == "SQ" or (raw.VR in (None, "UN") and is_sequence(current, raw.tag)):
                 stack.extend((item, depth + 1) for item in current[raw.tag].value)
     return deepest
 
@@ -222,7 +222,12 @@ def _is_short(raw: object) -> bool:
 
 def _is_image_storage(dataset: Dataset) -> bool:
     sop_class = dataset.get("SOPClassUID")
-    return sop_class is not None and UID(str(sop_class)).name.endswith("Image Storage")
+    return sop_class is not None and _names_image_storage(str(sop_class))
+
+
+@functools.cache
+def _names_image_storage(sop_class_uid: str) -> bool:
+    return UID(sop_class_uid).name.endswith("Image Storage")
 
 
 def _has_pixels(dataset: Dataset) -> bool:
@@ -241,7 +246,7 @@ def expected_native_pixel_bytes(dataset: Dataset) -> int:
 
 
 def _check_pixel_data(dataset: Dataset, limits: DicomLimits) -> None:
-    if "PixelData" not in dataset or not {"Rows", "Columns", "BitsAllocated"} <= set(dataset.dir()):
+    if not all(keyword in dataset for keyword in ("PixelData", "Rows", "Columns", "BitsAllocated")):
         return
     expected = expected_native_pixel_bytes(dataset)
     if expected > limits.max_pixel_bytes:

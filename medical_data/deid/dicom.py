@@ -122,6 +122,7 @@ class DicomDeidentifier:
         self.allow_burned_in = allow_burned_in
         self.method_label = method_label
         self._safe_private = {(c, g, e) for c, g, e in options.safe_private}
+        self._action_for = self.profile.resolved(options)
 
     # -- keyed identities ------------------------------------------------------------------------
     def _digest(self, purpose: str, value: str) -> bytes:
@@ -189,27 +190,29 @@ class DicomDeidentifier:
         while stack:
             ds = stack.pop()
             for tag in list(ds.keys()):
-                if tag.element == 0x0000 or tag.group in (0x0000, 0x0002):
+                number = int(tag)  # plain ints: pydicom's Tag compares in Python, far slower
+                group, element = number >> 16, number & 0xFFFF
+                if element == 0x0000 or group in (0x0000, 0x0002):
                     # group lengths are retired and would be wrong after edits; command (0000) and file
                     # meta (0002) elements do not belong in a stored dataset body (the meta is rebuilt)
                     del ds[tag]
-                elif tag.is_private:
+                elif group & 1:  # private
                     if not self._keeps_private(ds, tag):
                         del ds[tag]
                         counts["private_removed"] += 1
-                elif tag in (PATIENT_NAME, PATIENT_ID):  # keyed pseudonym of the (nested) patient's ID
+                elif number in (PATIENT_NAME, PATIENT_ID):  # keyed pseudonym of the (nested) patient
                     nested_id = ds.get("PatientID", "")
                     ds[tag].value = self.pseudonym(str(nested_id)) if nested_id else DUMMY_BY_VR["PN"]
                     counts["pseudonym"] += 1
                 else:
-                    self._apply(ds, tag, counts, known, shift)
+                    self._apply(ds, tag, number, counts, known, shift)
                     if tag in ds and is_sequence(ds, tag):
                         stack.extend(ds[tag].value)
 
     def _apply(
-        self, ds: Dataset, tag: BaseTag, counts: Counter[str], known: KnownIdentifiers, shift: timedelta
+        self, ds: Dataset, tag: BaseTag, number: int, counts: Counter[str], known: KnownIdentifiers, shift: timedelta
     ) -> None:
-        action = self.profile.action_for(int(tag), self.options)
+        action = self._action_for(number)
         if action is None or action == "K":
             return
         if action == "X":

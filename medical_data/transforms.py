@@ -108,40 +108,32 @@ class SelectFrames(Transform):
         return image[:, indices]
 
 
-class LoadSeriesd(MapTransform):
+class _PerKey(MapTransform):
+    """Dictionary version of an array transform: applies it to each key (MONAI's ``...d`` pattern)."""
+
+    array_transform: type[Transform]
+
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs: Any) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadSeries(**kwargs)
+        self.transform = self.array_transform(**kwargs)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.loader(d[key])
+            d[key] = self.transform(d[key])
         return d
 
 
-class NativeResolutionResized(MapTransform):
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs: Any) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.resizer = NativeResolutionResize(**kwargs)
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.resizer(d[key])
-        return d
+class LoadSeriesd(_PerKey):
+    array_transform = LoadSeries
 
 
-class SelectFramesd(MapTransform):
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs: Any) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.selector = SelectFrames(**kwargs)
+class NativeResolutionResized(_PerKey):
+    array_transform = NativeResolutionResize
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.selector(d[key])
-        return d
+
+class SelectFramesd(_PerKey):
+    array_transform = SelectFrames
 
 
 def persistent_dataset(records: Sequence[dict[str, Any]], transform: Transform, cache_dir: Path) -> PersistentDataset:

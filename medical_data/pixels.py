@@ -31,6 +31,7 @@ from medical_data.windows import (
     Window,
     apply_window,
     percentile_window,
+    preset_window,
 )
 
 __all__ = [
@@ -159,9 +160,7 @@ def _first(value: object) -> object:
 def choose_window(dataset: Dataset, percentile: Callable[[], Window], preset: str | None = None) -> Window:
     """A named CT preset, else the header's window, else a CT default or a robust percentile window."""
     if preset is not None:
-        if preset not in CT_PRESETS:
-            raise ValueError(f"unknown window preset {preset!r}; choose from {', '.join(CT_PRESETS)}")
-        return CT_PRESETS[preset]
+        return preset_window(preset)
     window = header_window(dataset)
     if window is not None:
         return window
@@ -194,8 +193,8 @@ def render(
         ValueError: an unknown preset name (a caller's mistake, not the file's).
         DicomRejected: the file's pixels or header values cannot be used.
     """
-    if preset is not None and preset not in CT_PRESETS:
-        raise ValueError(f"unknown window preset {preset!r}; choose from {', '.join(CT_PRESETS)}")
+    if preset is not None:
+        preset_window(preset)  # a caller's mistake: raised as it is, not as the file's fault
     return _render(dataset, preset, window, three_window_ct, limits)
 
 
@@ -210,8 +209,7 @@ def _render(
     if stored is None:
         frames, photometric = decode_frames(dataset, limits)
         if photometric == "PALETTE COLOR":
-            with quiet_pydicom():
-                rgb = apply_color_lut(frames, dataset)
+            rgb = apply_color_lut(frames, dataset)
             return RenderedPixels(_unit_range(rgb, 65535.0 if rgb.dtype == np.uint16 else 255.0), (), "RGB", "RGB")
         if frames.ndim == 4:  # RGB (YBR already converted by the decoder)
             peak = float(2 ** int(dataset.get("BitsStored", 8)) - 1)

@@ -43,6 +43,13 @@ CT_THREE_WINDOWS: tuple[Window, Window, Window] = (
 )
 
 
+def preset_window(name: str) -> Window:
+    """A named CT preset; ValueError names the choices."""
+    if name not in CT_PRESETS:
+        raise ValueError(f"unknown window preset {name!r}; choose from {', '.join(CT_PRESETS)}")
+    return CT_PRESETS[name]
+
+
 def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     """The DICOM linear VOI function, scaled to [0, 1] float32 (PS3.3 C.11.2.1.2.1)."""
     center, width = window.center - 0.5, window.width - 1.0

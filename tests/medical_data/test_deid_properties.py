@@ -18,7 +18,7 @@ from medical_data.deid.batch import deidentify_one
 from medical_data.dicom_io import read_dicom
 from medical_data.discovery import InputFile
 from medical_data.errors import MedicalDataError
-from medical_data.pixels import render
+from medical_data.study import load_image
 
 from .conftest import make_ct_slice, shipped_file
 
@@ -140,7 +140,7 @@ def test_mutated_files_get_typed_errors_and_never_half_written_outputs(data: byt
         source = Path(folder) / "input.dcm"
         source.write_bytes(data)
         try:
-            render(read_dicom(source))
+            load_image(source)  # read, render, geometry and header facts: the model's load path
         except MedicalDataError as exc:
             assert exc.reason
         out = Path(folder) / "out"

@@ -72,6 +72,24 @@ def _port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def _prepare_database(settings: Settings) -> None:
+    """Reach the database and bring the audit tables up to date, or stop: no audit trail, no service."""
+    from app.core.db import database_ok, make_engine
+    from audit import upgrade_database
+
+    engine = make_engine(settings.database_url)
+    try:
+        ok, reason = database_ok(engine)
+        if not ok:
+            raise _fail(f"cannot reach the database ({reason}); check OMNICLINIC_DATABASE_URL")
+        try:
+            upgrade_database(engine)
+        except Exception as exc:  # a migration that cannot run: say which kind of failure, no traceback
+            raise _fail(f"cannot prepare the audit tables ({type(exc).__name__})") from None
+    finally:
+        engine.dispose()
+
+
 @cli.command()
 def serve(
     host: Annotated[
@@ -91,6 +109,7 @@ def serve(
         settings.resolve_secret_key()
     except SettingsError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
+    _prepare_database(settings)
     if _port_in_use(settings.host, settings.port):
         raise _fail(f"{settings.host}:{settings.port} is already in use; choose another with --port")
     typer.echo(f"omniclinic {__version__} on http://{settings.host}:{settings.port}  (data: {settings.data_dir})")
@@ -144,9 +163,38 @@ def _register_data_commands() -> None:
     cli.command()(data.ingest)
     cli.command()(data.inspect)
 
+    from app.commands.audit import audit_cli
+
+    cli.add_typer(audit_cli)
+
 
 _register_data_commands()
 
 
 def main() -> None:
-    cli()
+    """Run the CLI; failures the user cannot fix in the command line become one line, not a traceback."""
+    import os
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        cli(standalone_mode=True)
+    except SQLAlchemyError as exc:
+        if os.environ.get("OMNICLINIC_DEBUG") == "1":
+            raise
+        typer.secho(
+            f"error: the database failed ({type(exc.orig or exc).__name__}); check OMNICLINIC_DATABASE_URL "
+            "and that the server is up (OMNICLINIC_DEBUG=1 shows details)",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise SystemExit(1) from None
+    except Exception as exc:
+        if os.environ.get("OMNICLINIC_DEBUG") == "1":
+            raise
+        typer.secho(
+            f"error: unexpected {type(exc).__name__}; rerun with OMNICLINIC_DEBUG=1 for details",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise SystemExit(1) from None

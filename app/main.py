@@ -12,6 +12,7 @@ from app import __version__
 from app.api.routes import health, root
 from app.core.config import Settings, get_settings
 from app.core.db import make_engine
+from audit import create_checkpoint, load_or_create_signing_key, unit_of_work, upgrade_database
 
 logger = logging.getLogger("omniclinic")
 
@@ -26,10 +27,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.resolve_secret_key()  # fail at start, not at the first login, if the key is unusable
         app.state.settings = settings
         app.state.engine = make_engine(settings.database_url)
+        upgrade_database(app.state.engine)
+        signing_key = load_or_create_signing_key(settings.audit_key_path)
         logger.info("omniclinic %s: %s", __version__, root.NOT_YET_AVAILABLE)
         try:
             yield
         finally:
+            with unit_of_work(app.state.engine) as session:  # sign the tree head this run leaves behind
+                create_checkpoint(session=session, signing_key=signing_key)
             app.state.engine.dispose()
 
     app = FastAPI(title="omniclinic", version=__version__, lifespan=lifespan)

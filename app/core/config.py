@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SECRET_KEY_FILENAME = "secret_key"
 DEID_SECRET_FILENAME = "deid_secret"
+AUDIT_KEY_FILENAME = "audit_signing_key.pem"
 DATABASE_FILENAME = "omniclinic.db"
 MIN_SECRET_LENGTH = 32
 # Values that show up in tutorials and .env templates; a deployment that uses one is refused.
@@ -91,6 +92,11 @@ class Settings(BaseSettings):
     @property
     def secret_key_path(self) -> Path:
         return self.data_dir / SECRET_KEY_FILENAME
+
+    @property
+    def audit_key_path(self) -> Path:
+        """Ed25519 key that signs audit checkpoints (its public half sits beside it as .pub.pem)."""
+        return self.data_dir / AUDIT_KEY_FILENAME
 
     @property
     def deid_secret_path(self) -> Path:

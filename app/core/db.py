@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, text
+
+from audit.store import create_audit_engine
 
 
 def make_engine(database_url: str) -> Engine:
-    """Create the engine; SQLite gets WAL journaling and a busy timeout so several workers can share it."""
-    is_sqlite = database_url.startswith("sqlite")
-    engine = create_engine(
-        database_url,
-        pool_pre_ping=not is_sqlite,
-        connect_args={"timeout": 30} if is_sqlite else {},
-    )
-    if is_sqlite:
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-    return engine
+    """The app's engine: configured by ``audit`` so that audit appends serialize correctly."""
+    return create_audit_engine(database_url)
 
 
 def database_ok(engine: Engine) -> tuple[bool, str]:

@@ -84,3 +84,11 @@ def test_serve_refuses_a_busy_port() -> None:
         result = runner.invoke(cli, ["serve", "--port", str(port)])
     assert result.exit_code == 1
     assert "already in use" in result.stderr
+
+
+def test_serve_refuses_to_start_without_its_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMNICLINIC_DATABASE_URL", f"sqlite:///{tmp_path}/no/such/folder/x.db")
+    result = runner.invoke(cli, ["serve", "--port", "1"])
+    assert result.exit_code == 1
+    assert "cannot reach the database" in result.stderr
+    assert "Traceback" not in result.output

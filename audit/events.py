@@ -1,0 +1,237 @@
+"""Recording audit events: the one append path, used by the app and by ``omniclinic audit record``.
+
+Modelled on FHIR AuditEvent (action, type, outcome, agent, source, entity, purpose of use). Every
+column goes into the canonical bytes of the event, and those bytes into its leaf hash, so verify
+notices a change to any of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import IntEnum, StrEnum
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from audit.merkle import leaf_hash
+from audit.models import AuditEvent
+from audit.store import lock_log
+
+GENESIS_HASH = "0" * 64
+"""The ``prev_hash`` of the first event."""
+DICOM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
+CANONICAL_VERSION = 1
+
+
+class Action(StrEnum):
+    """FHIR AuditEventAction."""
+
+    CREATE = "C"
+    READ = "R"
+    UPDATE = "U"
+    DELETE = "D"
+    EXECUTE = "E"
+
+
+class Outcome(IntEnum):
+    """FHIR AuditEventOutcome (R4 codes, as IHE ATNA uses them)."""
+
+    SUCCESS = 0
+    MINOR_FAILURE = 4
+    SERIOUS_FAILURE = 8
+    MAJOR_FAILURE = 12
+
+
+# DICOM audit event IDs (DCM, PS3.15 A.5 / CID 400) that the app records.
+EVENT_TYPES: dict[str, str] = {
+    "110100": "Application Activity",
+    "110101": "Audit Log Used",
+    "110103": "DICOM Instances Accessed",
+    "110104": "DICOM Instances Transferred",
+    "110105": "DICOM Study Deleted",
+    "110106": "Export",
+    "110107": "Import",
+    "110110": "Patient Record",
+    "110112": "Query",
+    "110114": "User Authentication",
+}
+ENTITY_KINDS = frozenset({"study", "series", "instance", "report", "job", "file"})
+
+
+class AuditError(ValueError):
+    """An event that cannot be recorded as given (bad code, oversized field); nothing was written."""
+
+
+@dataclass(frozen=True)
+class Agent:
+    user_id: str
+    role: str = ""
+    requestor: bool = True
+
+
+@dataclass(frozen=True)
+class Source:
+    node: str = ""
+    address: str = ""
+
+
+@dataclass(frozen=True)
+class Entity:
+    """What was touched: a study/series/instance UID, a report or job id."""
+
+    kind: str
+    id: str
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """What a model saw and said, as hashes; raw text only where the deployment allows it."""
+
+    model_name: str
+    model_version: str
+    prompt_sha256: str = ""
+    image_sha256: tuple[str, ...] = ()
+    audio_sha256: str = ""
+    output_sha256: str = ""
+    prompt_text: str | None = None
+    output_text: str | None = None
+
+    def as_details(self) -> dict[str, object]:
+        details: dict[str, object] = {
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "prompt_sha256": self.prompt_sha256,
+            "image_sha256": list(self.image_sha256),
+            "audio_sha256": self.audio_sha256,
+            "output_sha256": self.output_sha256,
+        }
+        if self.prompt_text is not None:
+            details["prompt_text"] = self.prompt_text
+        if self.output_text is not None:
+            details["output_text"] = self.output_text
+        return details
+
+
+def sha256_hex(data: bytes | str) -> str:
+    """Hex SHA-256 of bytes, or of a string's UTF-8."""
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    seq: int
+    event_id: str
+    recorded: datetime
+    leaf_hash: str
+    details: dict[str, object] = field(default_factory=dict)
+
+
+def canonical_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_bytes(row: dict[str, object]) -> bytes:
+    """The bytes a leaf hash covers: every column but ``leaf_hash``, as sorted compact JSON."""
+    recorded = row["recorded"]
+    assert isinstance(recorded, datetime)
+    payload = {key: value for key, value in row.items() if key != "leaf_hash"}
+    payload["recorded"] = recorded.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    payload["v"] = CANONICAL_VERSION
+    return canonical_json(payload).encode("utf-8")
+
+
+COLUMNS = tuple(column.name for column in AuditEvent.__table__.columns)
+
+LIMITS = {
+    "type_system": 128,
+    "type_code": 64,
+    "type_display": 128,
+    "agent_user": 128,
+    "agent_role": 64,
+    "source_node": 128,
+    "source_address": 64,
+    "patient_pseudonym": 64,
+    "purpose_of_use": 64,
+    "request_id": 64,
+}
+
+
+def record(
+    *,
+    session: Session,
+    action: Action | str,
+    type_code: str,
+    agent: Agent,
+    outcome: Outcome | int = Outcome.SUCCESS,
+    type_system: str = DICOM_SYSTEM,
+    type_display: str | None = None,
+    source: Source = Source(),
+    entities: Sequence[Entity] = (),
+    patient_pseudonym: str = "",
+    purpose_of_use: str = "",
+    request_id: str = "",
+    details: ModelCall | dict[str, object] | None = None,
+) -> RecordedEvent:
+    """Append one event in the caller's transaction (fail closed: if this raises, roll back the access).
+
+    Takes the log's lock for the rest of the transaction, links the event to the current head, and
+    flushes it. Commit with the rest of the unit of work (see ``audit.store.unit_of_work``).
+
+    Raises:
+        AuditError: an invalid action, outcome, entity kind or an oversized field.
+    """
+    try:
+        action = Action(action)
+        outcome = Outcome(int(outcome))
+    except ValueError:
+        raise AuditError("action must be one of C, R, U, D, E and outcome one of 0, 4, 8, 12") from None
+    for entity in entities:
+        if entity.kind not in ENTITY_KINDS or not entity.id:
+            raise AuditError(f"entity kind must be one of {', '.join(sorted(ENTITY_KINDS))}, with an id")
+    detail_map = details.as_details() if isinstance(details, ModelCall) else dict(details or {})
+    row: dict[str, object] = {
+        "event_id": str(uuid.uuid4()),
+        "recorded": datetime.now(UTC),
+        "action": action.value,
+        "type_system": type_system,
+        "type_code": type_code,
+        "type_display": EVENT_TYPES.get(type_code, "") if type_display is None else type_display,
+        "outcome": int(outcome),
+        "agent_user": agent.user_id,
+        "agent_role": agent.role,
+        "agent_requestor": agent.requestor,
+        "source_node": source.node,
+        "source_address": source.address,
+        "patient_pseudonym": patient_pseudonym,
+        "entities": canonical_json([{"kind": e.kind, "id": e.id} for e in entities]),
+        "purpose_of_use": purpose_of_use,
+        "request_id": request_id,
+        "details": canonical_json(detail_map),
+    }
+    for name, limit in LIMITS.items():
+        if len(str(row[name])) > limit:
+            raise AuditError(f"{name} is longer than {limit} characters")
+    if not type_code or not agent.user_id:
+        raise AuditError("an event needs a type code and an agent user id")
+
+    lock_log(session)
+    head = session.execute(
+        select(AuditEvent.seq, AuditEvent.leaf_hash).order_by(AuditEvent.seq.desc()).limit(1)
+    ).first()
+    row["seq"] = 0 if head is None else head.seq + 1
+    row["prev_hash"] = GENESIS_HASH if head is None else head.leaf_hash
+    row["leaf_hash"] = leaf_hash(canonical_bytes(row)).hex()
+    session.add(AuditEvent(**row))
+    session.flush()
+    return RecordedEvent(
+        int(row["seq"]),
+        str(row["event_id"]),
+        row["recorded"],
+        str(row["leaf_hash"]),  # type: ignore[arg-type]
+        detail_map,
+    )

@@ -1,0 +1,121 @@
+"""Recompute the whole log: every leaf, every link, every signed checkpoint. Read only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from audit.checkpoints import key_id, signature_valid
+from audit.events import COLUMNS, GENESIS_HASH, canonical_bytes
+from audit.merkle import CompactRange, leaf_hash
+from audit.models import AuditCheckpoint, AuditEvent
+
+BATCH = 5000
+
+
+@dataclass(frozen=True)
+class Failure:
+    seq: int | None
+    """The first event that fails, or None for a failure of the log as a whole (a checkpoint)."""
+    reason: str
+
+
+@dataclass
+class VerifyReport:
+    events: int = 0
+    checkpoints: int = 0
+    signatures_checked: bool = False
+    uncovered: int = 0
+    """Events after the last checkpoint: intact as a chain, but a deleted tail there would go unseen."""
+    root: str = ""
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def first_failure(self) -> Failure | None:
+        return self.failures[0] if self.failures else None
+
+
+def verify_log(*, session: Session, public_key: Ed25519PublicKey | None = None) -> VerifyReport:
+    """Check every event's hash and link, and every checkpoint's root and signature.
+
+    Detects a changed column (the leaf hash no longer matches), a deleted, inserted or reordered
+    event (a gap in ``seq`` or a broken ``prev_hash`` link), a rewritten history (the root differs
+    from a signed checkpoint) and a truncated log (a checkpoint larger than the log).
+    """
+    report = VerifyReport(signatures_checked=public_key is not None)
+    checkpoints = list(session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size)))
+    expected_key = key_id(public_key) if public_key is not None else None
+    pending = iter(checkpoints)
+    next_checkpoint = next(pending, None)
+    tree = CompactRange()
+    previous = GENESIS_HASH
+    columns = [getattr(AuditEvent, name) for name in COLUMNS]
+    rows = session.execute(select(*columns).order_by(AuditEvent.seq).execution_options(yield_per=BATCH))
+    for row in rows:
+        event = row._asdict()
+        seq = event["seq"]
+        if seq != tree.size:
+            report.failures.append(Failure(tree.size, f"events {tree.size} to {seq - 1} are missing (deleted)"))
+            return _finish(report, tree)
+        if event["prev_hash"] != previous:
+            report.failures.append(
+                Failure(seq, "does not link to the event before it (inserted, deleted or reordered)")
+            )
+            return _finish(report, tree)
+        recomputed = leaf_hash(canonical_bytes(event))
+        if recomputed.hex() != event["leaf_hash"]:
+            report.failures.append(Failure(seq, "its content changed after it was recorded"))
+            return _finish(report, tree)
+        tree.append(recomputed)
+        previous = event["leaf_hash"]
+        while next_checkpoint is not None and next_checkpoint.tree_size == tree.size:
+            _check_checkpoint(report, next_checkpoint, tree, public_key, expected_key)
+            if not report.ok:
+                return _finish(report, tree)
+            next_checkpoint = next(pending, None)
+    if next_checkpoint is not None:
+        report.failures.append(
+            Failure(
+                None,
+                f"a checkpoint was signed for {next_checkpoint.tree_size} events but "
+                f"the log holds {tree.size}: events were deleted from its end",
+            )
+        )
+    report.uncovered = tree.size - (checkpoints[-1].tree_size if checkpoints else 0)
+    return _finish(report, tree)
+
+
+def _check_checkpoint(
+    report: VerifyReport,
+    checkpoint: AuditCheckpoint,
+    tree: CompactRange,
+    public_key: Ed25519PublicKey | None,
+    expected_key: str | None,
+) -> None:
+    if checkpoint.root_hash != tree.root().hex():
+        report.failures.append(
+            Failure(
+                None,
+                f"the first {checkpoint.tree_size} events do not match the checkpoint "
+                "signed for them (history rewritten)",
+            )
+        )
+    elif public_key is not None and (checkpoint.key_id != expected_key or not signature_valid(checkpoint, public_key)):
+        report.failures.append(
+            Failure(None, f"the checkpoint at {checkpoint.tree_size} events is not signed by this log's key")
+        )
+    else:
+        report.checkpoints += 1
+
+
+def _finish(report: VerifyReport, tree: CompactRange) -> VerifyReport:
+    report.events = tree.size
+    report.root = tree.root().hex()
+    return report

@@ -131,18 +131,28 @@ class RecordedEvent:
     details: dict[str, object] = field(default_factory=dict)
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Sorted keys, no spaces, UTF-8 text: one spelling for one value."""
+    return _ENCODER.encode(value)
 
 
 def canonical_bytes(row: dict[str, object]) -> bytes:
-    """The bytes a leaf hash covers: every column but ``leaf_hash``, as sorted compact JSON."""
+    """The bytes a leaf hash covers: every column but ``leaf_hash``, as sorted compact JSON.
+
+    ``recorded`` is spelled ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (UTC, always six fraction digits).
+    """
     recorded = row["recorded"]
     assert isinstance(recorded, datetime)
-    payload = {key: value for key, value in row.items() if key != "leaf_hash"}
-    payload["recorded"] = recorded.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if recorded.utcoffset():
+        recorded = recorded.astimezone(UTC)
+    payload = dict(row)
+    payload.pop("leaf_hash", None)
+    payload["recorded"] = recorded.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
     payload["v"] = CANONICAL_VERSION
-    return canonical_json(payload).encode("utf-8")
+    return _ENCODER.encode(payload).encode("utf-8")
 
 
 COLUMNS = tuple(column.name for column in AuditEvent.__table__.columns)

@@ -59,7 +59,7 @@ def verify_log(*, session: Session, public_key: Ed25519PublicKey | None = None) 
     columns = [getattr(AuditEvent, name) for name in COLUMNS]
     rows = session.execute(select(*columns).order_by(AuditEvent.seq).execution_options(yield_per=BATCH))
     for row in rows:
-        event = row._asdict()
+        event = dict(zip(COLUMNS, row, strict=True))
         seq = event["seq"]
         if seq != tree.size:
             report.failures.append(Failure(tree.size, f"events {tree.size} to {seq - 1} are missing (deleted)"))

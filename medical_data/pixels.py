@@ -94,7 +94,10 @@ def decode_frames(dataset: Dataset, limits: DicomLimits = DEFAULT_LIMITS) -> tup
             array, meta = decoder.as_array(dataset, as_rgb=True)
         except MemoryError:
             raise DicomLimitError("pixel data too large to decode") from None
-        except Exception as exc:  # every plugin raises its own types; all mean "cannot decode this"
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as exc:  # every plugin raises its own types, and a Rust decoder's panic
+            # (pyo3's PanicException) is a BaseException: all mean "cannot decode this"
             raise UndecodablePixelDataError(f"pixel data could not be decoded ({type(exc).__name__})") from None
     frames = int(meta.get("number_of_frames", 1) or 1)
     samples = int(meta.get("samples_per_pixel", 1) or 1)

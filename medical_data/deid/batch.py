@@ -33,12 +33,21 @@ class FileOutcome:
     reason: str = ""
     actions: dict[str, int] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    source_study_uid: str = field(default="", repr=False)
+    """The original Study Instance UID, for the caller's audit trail only: never in the report."""
+
+    def report_line(self) -> str:
+        line = asdict(self)
+        del line["source_study_uid"]
+        return json.dumps(line, sort_keys=True)
 
 
 @dataclass
 class BatchSummary:
     counts: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
+    source_studies: set[str] = field(default_factory=set, repr=False)
+    """Original Study Instance UIDs that were read (for the audit trail, not for reports)."""
 
     @property
     def all_written(self) -> bool:
@@ -46,6 +55,8 @@ class BatchSummary:
 
     def add(self, outcome: FileOutcome) -> None:
         self.counts[outcome.status] += 1
+        if outcome.source_study_uid:
+            self.source_studies.add(outcome.source_study_uid)
         if outcome.code:
             self.reasons[outcome.code] += 1
 
@@ -58,8 +69,10 @@ def deidentify_one(
     item: InputFile, out_dir: Path, deidentifier: DicomDeidentifier, limits: DicomLimits, written: set[str]
 ) -> FileOutcome:
     """Read, de-identify and write one file; every failure becomes an outcome, never an exception."""
+    source_study = ""
     try:
         dataset = read_dicom(item.path, limits=limits)
+        source_study = str(dataset.get("StudyInstanceUID", ""))
         outcome = deidentifier.deidentify(dataset)
         sop_uid = str(dataset.SOPInstanceUID)
         if sop_uid in written:
@@ -69,6 +82,7 @@ def deidentify_one(
                 "rejected",
                 "duplicate_instance",
                 "the same SOP instance appeared twice in the input; the first copy was kept",
+                source_study_uid=source_study,
             )
         destination = output_path(out_dir, str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), sop_uid)
         write_atomically(dataset, destination)
@@ -79,14 +93,24 @@ def deidentify_one(
             "written",
             actions=dict(outcome.actions),
             warnings=tuple(outcome.warnings),
+            source_study_uid=source_study,
         )
     except MedicalDataError as exc:
         status: Status = "quarantined" if exc.code.startswith("quarantined") else "rejected"
-        return FileOutcome(item.display_name, None, status, exc.code, exc.reason)
+        return FileOutcome(item.display_name, None, status, exc.code, exc.reason, source_study_uid=source_study)
     except AttributeError as exc:  # a required attribute (study or series UID) is absent
-        return FileOutcome(item.display_name, None, "rejected", "missing_attribute", f"{type(exc).__name__}")
+        return FileOutcome(
+            item.display_name,
+            None,
+            "rejected",
+            "missing_attribute",
+            f"{type(exc).__name__}",
+            source_study_uid=source_study,
+        )
     except Exception as exc:  # the batch carries on; the type names the problem, the value stays out
-        return FileOutcome(item.display_name, None, "rejected", "unexpected_error", type(exc).__name__)
+        return FileOutcome(
+            item.display_name, None, "rejected", "unexpected_error", type(exc).__name__, source_study_uid=source_study
+        )
 
 
 def deidentify_files(
@@ -134,5 +158,5 @@ def deidentify_files(
 def _record(summary: BatchSummary, report: TextIO | None, outcome: FileOutcome) -> None:
     summary.add(outcome)
     if report is not None:
-        report.write(json.dumps(asdict(outcome), sort_keys=True) + "\n")
+        report.write(outcome.report_line() + "\n")
         report.flush()

@@ -121,3 +121,14 @@ def test_window_validation() -> None:
         Window(0, 0)
     with pytest.raises(ValueError, match="unknown window preset"):
         render(make_ct_slice(), preset="liverish")
+
+
+def test_a_decoder_panic_is_a_typed_rejection_not_a_crash(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """One corrupt byte in an RLE segment makes the Rust decoder panic (pyo3 PanicException, a
+    BaseException): found by the fuzz test, kept here as a fixed case."""
+    data = bytearray(shipped_file("emri_small_RLE.dcm").read_bytes())
+    data[35342] = 239
+    path = tmp_path / "corrupt_rle.dcm"
+    path.write_bytes(bytes(data))
+    with pytest.raises(UndecodablePixelDataError, match="PanicException"):
+        render(read_dicom(path))

@@ -15,6 +15,7 @@ import typer
 
 from app import __version__
 from app.core.config import Settings, SettingsError, load_settings
+from app.core.privacy import protect_patient_data_in_logs
 
 cli = typer.Typer(
     name="omniclinic",
@@ -59,6 +60,7 @@ def main_callback(
     ] = False,
 ) -> None:
     """omniclinic: DICOM studies, voice questions, spoken answers, every access audited."""
+    protect_patient_data_in_logs()
 
 
 def _port_in_use(host: str, port: int) -> bool:

@@ -12,6 +12,7 @@ from app import __version__
 from app.api.routes import health, root
 from app.core.config import Settings, get_settings
 from app.core.db import make_engine
+from app.core.privacy import protect_patient_data_in_logs
 from audit import create_checkpoint, load_or_create_signing_key, unit_of_work, upgrade_database
 
 logger = logging.getLogger("omniclinic")
@@ -20,6 +21,7 @@ logger = logging.getLogger("omniclinic")
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Settings default to the environment's; tests pass their own."""
     settings = settings or get_settings()
+    protect_patient_data_in_logs()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

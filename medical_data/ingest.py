@@ -54,6 +54,8 @@ class IngestSummary:
     uncached_series: list[tuple[str, str]] = field(default_factory=list)
     notes_paired: int = 0
     notes_unpaired: int = 0
+    source_studies: set[str] = field(default_factory=set, repr=False)
+    """Original Study Instance UIDs read in this run (for the caller's audit trail; never written here)."""
 
     @property
     def clean(self) -> bool:
@@ -138,6 +140,8 @@ def ingest_folder(
                 summary.already_done += 1
             else:
                 outcome = deidentify_one(item, out_dir / "dicom", deidentifier, limits, written_uids)
+                if outcome.source_study_uid:
+                    summary.source_studies.add(outcome.source_study_uid)
                 record = _state_record(key, outcome, out_dir)
                 state[key] = record
                 state_file.write(json.dumps(record) + "\n")

@@ -31,20 +31,16 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _engine():  # type: ignore[no-untyped-def]
+def audit_engine():  # type: ignore[no-untyped-def]
+    """The app database with its audit tables ready (the data folder made first)."""
     from app.cli import current_settings
     from app.core.config import SettingsError
-    from app.core.db import make_engine
-    from audit import upgrade_database
+    from app.core.db import open_database
 
-    settings = current_settings()
     try:
-        settings.prepare_data_dir()
+        return open_database(current_settings())
     except SettingsError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
-    engine = make_engine(settings.database_url)
-    upgrade_database(engine)
-    return engine
 
 
 def _parse_time(value: str | None, option: str) -> datetime | None:
@@ -69,18 +65,47 @@ def _parse_entities(values: list[str]):  # type: ignore[no-untyped-def]
     return entities
 
 
+def operator():  # type: ignore[no-untyped-def]
+    """The person at the command line, as an audit agent and source."""
+    from audit import Agent, Source
+
+    return Agent(getpass.getuser(), "cli"), Source(socket.gethostname()[:128])
+
+
+def record_operator_event(
+    engine,
+    *,
+    type_code: str,
+    studies=(),
+    outcome: int = 0,  # type: ignore[no-untyped-def]
+    details: dict[str, object] | None = None,
+) -> None:
+    """Record, in its own unit of work, an act of the person at the command line on patient data.
+
+    Raises whatever stops the event being written: callers let it stop them (fail closed).
+    """
+    from audit import Action, Entity, record, unit_of_work
+
+    agent, source = operator()
+    with unit_of_work(engine) as session:
+        record(
+            session=session,
+            action=Action.READ,
+            type_code=type_code,
+            agent=agent,
+            source=source,
+            entities=[Entity("study", uid) for uid in sorted(studies)],
+            outcome=outcome,
+            details=details,
+        )
+
+
 def _log_used(session, purpose: str) -> None:  # type: ignore[no-untyped-def]
     """Record that this operator read the audit log."""
-    from audit import Action, Agent, Source, record
+    from audit import Action, record
 
-    record(
-        session=session,
-        action=Action.READ,
-        type_code="110101",
-        agent=Agent(getpass.getuser(), "cli"),
-        source=Source(socket.gethostname()[:128]),
-        purpose_of_use=purpose,
-    )
+    agent, source = operator()
+    record(session=session, action=Action.READ, type_code="110101", agent=agent, source=source, purpose_of_use=purpose)
 
 
 @audit_cli.command("record")
@@ -101,7 +126,7 @@ def record_event(
     """Record an event reported by another system (the ATNA "record audit event" role)."""
     from audit import Agent, AuditError, Source, record, unit_of_work
 
-    engine = _engine()
+    engine = audit_engine()
     try:
         with unit_of_work(engine) as session:
             event = record(
@@ -140,7 +165,7 @@ def list_cmd(
         "since": _parse_time(since, "--since"),
         "until": _parse_time(until, "--until"),
     }
-    with unit_of_work(_engine()) as session:
+    with unit_of_work(audit_engine()) as session:
         events = list_events(session=session, limit=limit, **filters)
         rows = [_row(event) for event in events]
         _log_used(session, "HOPERAT")
@@ -195,7 +220,7 @@ def verify_cmd(
             raise _fail(str(exc), EXIT_USAGE) from None
     elif public_key is not None:
         raise _fail(f"no public key at {public_key}", EXIT_USAGE)
-    with Session(_engine()) as session:
+    with Session(audit_engine()) as session:
         report = verify_log(session=session, public_key=key)
     if as_json:
         failure = report.first_failure
@@ -240,7 +265,7 @@ def export_cmd(
     from audit import list_events, unit_of_work
     from audit.fhir import audit_bundle
 
-    with unit_of_work(_engine()) as session:
+    with unit_of_work(audit_engine()) as session:
         events = list_events(
             session=session,
             user=user,
@@ -265,7 +290,7 @@ def checkpoint_cmd() -> None:
     from audit import create_checkpoint, load_or_create_signing_key, unit_of_work
 
     key = load_or_create_signing_key(current_settings().audit_key_path)
-    with unit_of_work(_engine()) as session:
+    with unit_of_work(audit_engine()) as session:
         checkpoint = create_checkpoint(session=session, signing_key=key)
     if checkpoint is None:
         typer.echo("the log is empty: nothing to sign")
@@ -281,7 +306,7 @@ def prove_cmd(seq: Annotated[int, typer.Argument(help="The event's sequence numb
 
     from audit import inclusion_proof
 
-    with Session(_engine()) as session:
+    with Session(audit_engine()) as session:
         try:
             proof = inclusion_proof(session=session, seq=seq)
         except LookupError as exc:

@@ -14,9 +14,12 @@ from typing import Annotated
 
 import typer
 
+from app.commands.audit import audit_engine, record_operator_event
 from app.core.config import Settings, SettingsError
 
 EXIT_PROBLEMS, EXIT_USAGE = 1, 2
+EXPORT, INSTANCES_ACCESSED = "110106", "110103"  # DCM audit event types
+MINOR_FAILURE = 4
 
 
 class Profile(StrEnum):
@@ -125,11 +128,21 @@ def deid(
         settings, retain_dates, retain_patient_characteristics, clean_descriptors, keep_private, allow_burned_in
     )
     report_path = report or settings.data_dir / "reports" / f"deid-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.jsonl"
+    engine = audit_engine()
+    options = deidentifier.options.enabled
+    record_operator_event(engine, type_code=EXPORT, details={"tool": "deid", "phase": "started", "options": options})
     with tempfile.TemporaryDirectory(prefix="omniclinic-deid-") as work, _progress("de-identifying") as progress:
         summary = deidentify_files(
             sources, out, deidentifier, work_dir=Path(work), report_path=report_path, on_progress=progress
         )
     counts = summary.counts
+    record_operator_event(
+        engine,
+        type_code=EXPORT,
+        studies=summary.source_studies,
+        outcome=0 if summary.all_written else MINOR_FAILURE,
+        details={"tool": "deid", "phase": "finished", "options": options, **counts},
+    )
     typer.echo(f"written {counts['written']}, quarantined {counts['quarantined']}, rejected {counts['rejected']}")
     for code, number in sorted(summary.reasons.items()):
         typer.echo(f"  {code}: {number}")
@@ -162,6 +175,9 @@ def ingest(
     if resolved.is_relative_to(source.resolve()):
         raise _usage_error("--out must not be inside the source folder")
     state_path = settings.data_dir / "ingest" / f"{hashlib.sha256(str(resolved).encode()).hexdigest()[:16]}.jsonl"
+    engine = audit_engine()
+    options = deidentifier.options.enabled
+    record_operator_event(engine, type_code=EXPORT, details={"tool": "ingest", "phase": "started", "options": options})
     with tempfile.TemporaryDirectory(prefix="omniclinic-ingest-") as work, _progress("ingesting") as progress:
         summary = ingest_folder(
             source,
@@ -198,9 +214,14 @@ def inspect(
     from medical_data.discovery import scan
     from medical_data.summary import summarize
 
+    engine = audit_engine()
     with tempfile.TemporaryDirectory(prefix="omniclinic-inspect-") as work:
         result = scan([path], extract_dir=Path(work))
         studies = summarize(result)
+    # shown only once its reading is on record (fail closed)
+    record_operator_event(
+        engine, type_code=INSTANCES_ACCESSED, studies=result.studies.keys(), details={"tool": "inspect"}
+    )
     if as_json:
         payload = {
             "studies": [s.as_dict() for s in studies],

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, text
 
-from audit.store import create_audit_engine
+from app.core.config import Settings
+from audit.store import create_audit_engine, upgrade_database
 
 
 def make_engine(database_url: str) -> Engine:
     """The app's engine: configured by ``audit`` so that audit appends serialize correctly."""
     return create_audit_engine(database_url)
+
+
+def open_database(settings: Settings) -> Engine:
+    """The data folder made, the engine made, the audit tables migrated: ready to record events."""
+    settings.prepare_data_dir()
+    engine = make_engine(settings.database_url)
+    upgrade_database(engine)
+    return engine
 
 
 def database_ok(engine: Engine) -> tuple[bool, str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 from medical_data.deid.dicom import DicomDeidentifier
-from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom, write_atomically
+from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, quiet_pydicom, read_dicom, write_atomically
 from medical_data.discovery import DEFAULT_ARCHIVE_LIMITS, ArchiveLimits, InputFile, Rejection, iter_input_files
 from medical_data.errors import MedicalDataError
 
@@ -72,7 +72,8 @@ def deidentify_one(
     source_study = ""
     try:
         dataset = read_dicom(item.path, limits=limits)
-        source_study = str(dataset.get("StudyInstanceUID", ""))
+        with quiet_pydicom():  # a malformed UID is quoted in pydicom's warning
+            source_study = str(dataset.get("StudyInstanceUID", ""))
         outcome = deidentifier.deidentify(dataset)
         sop_uid = str(dataset.SOPInstanceUID)
         if sop_uid in written:

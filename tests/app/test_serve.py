@@ -47,4 +47,4 @@ def test_make_serve_answers_health(isolated_settings: Path) -> None:
         assert (isolated_settings / "secret_key").is_file()
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        server.communicate(timeout=30)  # reaps the process and closes its pipe

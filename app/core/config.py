@@ -62,6 +62,7 @@ class Settings(BaseSettings):
         default="tiny.en", description="'tiny.en' (bundled), 'base', or a local CTranslate2 Whisper folder."
     )
     tts_engine: Literal["auto", "piper", "espeak"] = Field(default="auto", description="Speech synthesis engine.")
+    max_audio_seconds: float = Field(default=600.0, gt=0, le=7200, description="Longest audio accepted, seconds.")
     cpu_threads: int = Field(default=2, ge=1, le=256, description="Threads for CPU inference.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -92,6 +93,11 @@ class Settings(BaseSettings):
     @property
     def secret_key_path(self) -> Path:
         return self.data_dir / SECRET_KEY_FILENAME
+
+    @property
+    def models_dir(self) -> Path:
+        """Models prepared once and cached (e.g. Whisper base joined from its two parts)."""
+        return self.data_dir / "models"
 
     @property
     def audit_key_path(self) -> Path:

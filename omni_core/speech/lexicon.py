@@ -112,7 +112,7 @@ class LexiconCorrector:
         word_positions = [i for i, token in enumerate(tokens) if token[0].isalpha()]
         corrections: list[Correction] = []
         done: set[int] = set()
-        for size in (3, 2, 1):
+        for size in (1, 2, 3):  # smallest first: never absorb a right neighbour into a correction
             for start in range(len(word_positions) - size + 1):
                 window = word_positions[start : start + size]
                 if done & set(window):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +35,9 @@ def piper() -> PiperSynthesizer:
     return synthesizer
 
 
-@pytest.fixture(scope="session")
-def espeak() -> EspeakSynthesizer:
+@pytest.fixture
+def espeak(require_service) -> EspeakSynthesizer:  # type: ignore[no-untyped-def]
+    require_service(shutil.which("espeak-ng") is not None, "espeak-ng is not installed (apt-get install espeak-ng)")
     return EspeakSynthesizer()
 
 

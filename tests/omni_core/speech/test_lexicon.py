@@ -39,3 +39,13 @@ def test_right_words_and_their_inflections_are_left_alone(sentence: str) -> None
 def test_threshold_is_validated() -> None:
     with pytest.raises(ValueError):
         LexiconCorrector(("nodule",), min_ratio=1.0)
+
+
+def test_a_correction_never_swallows_a_neighbouring_word() -> None:
+    text, corrections = corrector.correct("A 3.2 cm speculated nodule.")
+    assert text == "A 3.2 cm spiculated nodule."
+    assert [c.heard for c in corrections] == ["speculated"]
+
+
+def test_split_words_of_one_term_are_joined() -> None:
+    assert corrector.correct("A calcified grain loma.")[0] == "A calcified granuloma."

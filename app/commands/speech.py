@@ -1,0 +1,94 @@
+"""``omniclinic transcribe`` and ``omniclinic speak``: the speech engines from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+OUTPUT_FORMATS = {".wav": "wav", ".ogg": "ogg", ".opus": "ogg"}
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+def transcribe(
+    audio: Annotated[Path, typer.Argument(help="wav, flac, ogg/opus, webm or mp3.", exists=True, dir_okay=False)],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Text, segments, word timings and corrections as JSON.")
+    ] = False,
+) -> None:
+    """Print the transcript of a recording. Exit 1 when it holds no speech or cannot be decoded."""
+    from app.cli import current_settings
+    from medical_data.audio import AudioLimits, decode_audio
+    from medical_data.errors import AudioRejected
+    from omni_core.speech.asr import RecognitionOptions, SpeechRecognizer, resolve_model
+    from omni_core.speech.errors import ModelNotFound, NoSpeechDetected, RecognitionError
+
+    settings = current_settings()
+    try:
+        decoded = decode_audio(audio, limits=AudioLimits(max_seconds=settings.max_audio_seconds))
+    except AudioRejected as exc:
+        raise _fail(exc.reason, EXIT_FAILED) from None
+    try:
+        model = resolve_model(settings.asr_model, settings.models_dir)
+    except ModelNotFound as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    recognizer = SpeechRecognizer(
+        model, cpu_threads=settings.cpu_threads, options=RecognitionOptions(max_seconds=settings.max_audio_seconds)
+    )
+    try:
+        transcript = recognizer.transcribe(decoded.samples)
+    except NoSpeechDetected as exc:
+        if as_json:
+            typer.echo(json.dumps({"text": "", "no_speech": True, "message": str(exc)}))
+        raise _fail(str(exc), EXIT_FAILED) from None
+    except RecognitionError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    typer.echo(json.dumps(transcript.as_dict(), indent=2) if as_json else transcript.text)
+
+
+def speak(
+    text: Annotated[str, typer.Argument(help="What to say (clinical abbreviations and units are read out).")],
+    out: Annotated[Path, typer.Option("--out", help="Output file: .wav, .ogg or .opus.")],
+    engine: Annotated[
+        Literal["auto", "piper", "espeak"] | None, typer.Option(help="[default: OMNICLINIC_TTS_ENGINE or auto]")
+    ] = None,
+) -> None:
+    """Speak TEXT into an audio file."""
+    from app.cli import current_settings
+    from omni_core.speech.encode import ogg_opus_bytes, wav_bytes
+    from omni_core.speech.errors import SynthesisError
+    from omni_core.speech.tts import load_synthesizer
+    from omni_core.speech.tts import speak as synthesize
+
+    kind = OUTPUT_FORMATS.get(out.suffix.lower())
+    if kind is None:
+        raise _fail(f"--out must end in {', '.join(OUTPUT_FORMATS)}", EXIT_USAGE)
+    try:
+        synthesizer = load_synthesizer(engine or current_settings().tts_engine)
+        samples = synthesize(synthesizer, text)
+    except SynthesisError as exc:
+        raise _fail(str(exc), EXIT_USAGE if "install" in str(exc) else EXIT_FAILED) from None
+    data = (
+        wav_bytes(samples, synthesizer.sample_rate)
+        if kind == "wav"
+        else ogg_opus_bytes(samples, synthesizer.sample_rate)
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".partial-", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, out)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    typer.echo(f"wrote {out} ({len(samples) / synthesizer.sample_rate:.1f} s, {synthesizer.name})")

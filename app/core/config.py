@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     asr_model: str = Field(
         default="tiny.en", description="'tiny.en' (bundled), 'base', or a local CTranslate2 Whisper folder."
     )
+    asr_language: str = Field(default="en", min_length=2, max_length=8, description="Language spoken (ISO 639-1).")
     tts_engine: Literal["auto", "piper", "espeak"] = Field(default="auto", description="Speech synthesis engine.")
     max_audio_seconds: float = Field(default=600.0, gt=0, le=7200, description="Longest audio accepted, seconds.")
     cpu_threads: int = Field(default=2, ge=1, le=256, description="Threads for CPU inference.")

@@ -31,6 +31,7 @@ SPECIAL_TOKENS = (
     "video_pad",
     "audiogen_start",
     "audiogen_end",
+    "audiogen_pad",
     "audiotext_start",
     "audiotext_end",
 )
@@ -345,6 +346,7 @@ RELEASED_SPECIAL_TOKEN_IDS = {
     "audiogen_end": 151701,
     "audiotext_start": 151697,
     "audiotext_end": 151698,
+    "audiogen_pad": 151702,  # a generated speech frame: the release names none, so the first free id after its own
 }
 
 

@@ -1,0 +1,182 @@
+"""Speech out: audio head (RVQ codes from the LLM state), flow-matching mel decoder, vocoder.
+
+- ``AudioHead``: a small causal "depth" transformer that predicts the L codes of one audio frame in
+  turn from the LLM hidden state (as in Baichuan-Omni-1.5 and Moshi's depth transformer).
+- ``FlowMatchingDecoder``: conditional flow matching (Matcha-TTS style): a transformer prenet turns
+  code embeddings into mel-rate conditions, a transformer estimator predicts the velocity field,
+  Euler steps with classifier-free guidance integrate noise into mel.
+- The vocoder is transformers' ``SpeechT5HifiGan`` (mel -> waveform).
+None of the first two exists in a library in this form: they are written here, small and plain.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+from omni_core.configuration_omni import AudioConfig, SpeechConfig
+
+
+def _encoder(d_model: int, heads: int, ffn: int, layers: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        d_model, heads, ffn, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+    )
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+class AudioHead(nn.Module):
+    """LLM state of one frame -> its L RVQ codes, one after another (causal over the L positions)."""
+
+    def __init__(self, speech: SpeechConfig, audio: AudioConfig, llm_hidden_size: int) -> None:
+        super().__init__()
+        width = speech.head_dim_model
+        self.codebook_sizes = audio.codebook_sizes
+        self.from_llm = nn.Linear(llm_hidden_size, width)
+        self.code_embeddings = nn.ModuleList(nn.Embedding(size, width) for size in audio.codebook_sizes[:-1])
+        self.position = nn.Parameter(torch.zeros(len(audio.codebook_sizes), width))
+        self.transformer = _encoder(width, speech.head_heads, 4 * width, speech.head_layers)
+        self.heads = nn.ModuleList(nn.Linear(width, size) for size in audio.codebook_sizes)
+
+    def _inputs(self, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        steps = [self.from_llm(hidden)] + [self.code_embeddings[i](codes[..., i]) for i in range(codes.shape[-1])]
+        return torch.stack(steps, dim=-2)  # (N, codes so far + 1, width)
+
+    def logits(self, hidden: torch.Tensor, codes: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher-forced logits.
+
+        Args:
+            hidden: (N, llm_hidden) the LLM state of N audio frames.
+            codes: (N, L) their target codes.
+
+        Returns:
+            L tensors (N, codebook_size_l).
+        """
+        inputs = self._inputs(hidden, codes[:, :-1]) + self.position
+        mask = nn.Transformer.generate_square_subsequent_mask(inputs.shape[1], device=inputs.device)
+        states = self.transformer(inputs, mask=mask, is_causal=True)
+        return [head(states[:, i]) for i, head in enumerate(self.heads)]
+
+    def loss(self, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return sum(F.cross_entropy(logits, codes[:, i]) for i, logits in enumerate(self.logits(hidden, codes))) / len(
+            self.heads
+        )  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def generate(
+        self, hidden: torch.Tensor, temperature: float = 0.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """(N, llm_hidden) -> codes (N, L), greedy when temperature is 0."""
+        codes = torch.zeros(hidden.shape[0], 0, dtype=torch.long, device=hidden.device)
+        for index, head in enumerate(self.heads):
+            inputs = self._inputs(hidden, codes) + self.position[: index + 1]
+            mask = nn.Transformer.generate_square_subsequent_mask(inputs.shape[1], device=inputs.device)
+            logits = head(self.transformer(inputs, mask=mask, is_causal=True)[:, -1])
+            if temperature > 0:
+                choice = torch.multinomial(F.softmax(logits / temperature, -1), 1, generator=generator)
+            else:
+                choice = logits.argmax(-1, keepdim=True)
+            codes = torch.cat([codes, choice], dim=-1)
+        return codes
+
+
+def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    frequencies = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device) / half)
+    angles = t[:, None] * 1000 * frequencies[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class FlowMatchingDecoder(nn.Module):
+    """Codes -> mel by conditional flow matching (sigma_min 1e-6, cosine time, CFG at inference)."""
+
+    sigma_min = 1e-6
+
+    def __init__(self, speech: SpeechConfig, audio: AudioConfig) -> None:
+        super().__init__()
+        self.speech = speech
+        width = speech.flow_d_model
+        self.code_embeddings = nn.ModuleList(nn.Embedding(size, width) for size in audio.codebook_sizes)
+        self.prenet = _encoder(width, speech.flow_heads, speech.flow_ffn_dim, max(1, speech.flow_layers // 2))
+        self.upsample = round(speech.sampling_rate / speech.hop_length / audio.frame_rate)  # tokens -> mel frames
+        self.to_condition = nn.Linear(width, speech.mel_bins)
+        self.in_proj = nn.Linear(2 * speech.mel_bins, width)
+        self.time = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.estimator = _encoder(width, speech.flow_heads, speech.flow_ffn_dim, speech.flow_layers)
+        self.out_proj = nn.Linear(width, speech.mel_bins)
+
+    def condition(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, T, L) codes -> (B, T * upsample, mel_bins) conditions (the prenet's mel estimate)."""
+        embedded = sum(emb(codes[..., i]) for i, emb in enumerate(self.code_embeddings))
+        hidden = self.prenet(embedded).repeat_interleave(self.upsample, dim=1)  # type: ignore[arg-type]
+        return self.to_condition(hidden)
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """Args: x (B, F, mel) noisy mel, t (B,), condition (B, F, mel). Returns (B, F, mel)."""
+        hidden = self.in_proj(torch.cat([x, condition], dim=-1))
+        hidden = hidden + self.time(_timestep_embedding(t, hidden.shape[-1]))[:, None]
+        return self.out_proj(self.estimator(hidden))
+
+    def loss(self, codes: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """Flow-matching loss plus the prenet's L1, for target mel (B, F, mel_bins) of F = T * upsample."""
+        condition = self.condition(codes)[:, : mel.shape[1]]
+        if self.training and self.speech.training_cfg_rate > 0:  # learn the unconditional field too
+            keep = (torch.rand(mel.shape[0], 1, 1, device=mel.device) >= self.speech.training_cfg_rate).to(mel.dtype)
+            condition = condition * keep
+        t = 1 - torch.cos(torch.rand(mel.shape[0], device=mel.device) * math.pi / 2)  # cosine schedule
+        noise = torch.randn_like(mel)
+        x_t = (1 - (1 - self.sigma_min) * t[:, None, None]) * noise + t[:, None, None] * mel
+        target = mel - (1 - self.sigma_min) * noise
+        flow = F.mse_loss(self.velocity(x_t, t, condition), target)
+        return flow + F.l1_loss(self.condition(codes)[:, : mel.shape[1]], mel)
+
+    @torch.no_grad()
+    def sample(self, codes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Euler integration with classifier-free guidance: codes (B, T, L) -> mel (B, T * upsample, mel)."""
+        condition = self.condition(codes)
+        x = torch.randn(condition.shape, generator=generator, device=condition.device, dtype=condition.dtype)
+        steps = self.speech.flow_steps
+        times = 1 - torch.cos(torch.linspace(0, 1, steps + 1, device=x.device) * math.pi / 2)
+        for start, end in itertools.pairwise(times):
+            t = start.expand(x.shape[0])
+            guided = self.velocity(x, t, condition)
+            if self.speech.cfg_rate > 0:
+                free = self.velocity(x, t, torch.zeros_like(condition))
+                guided = (1 + self.speech.cfg_rate) * guided - self.speech.cfg_rate * free
+            x = x + (end - start) * guided
+        return x
+
+
+def build_vocoder(speech: SpeechConfig) -> SpeechT5HifiGan:
+    """A HiFi-GAN vocoder for ``mel_bins`` at ``sampling_rate`` with hop ``hop_length``."""
+    config = SpeechT5HifiGanConfig(
+        model_in_dim=speech.mel_bins,
+        sampling_rate=speech.sampling_rate,
+        upsample_initial_channel=speech.vocoder_channels,
+        upsample_rates=list(speech.vocoder_upsample_rates),
+        upsample_kernel_sizes=[2 * rate for rate in speech.vocoder_upsample_rates],
+        normalize_before=False,
+    )
+    config.upsample_rates_product = speech.hop_length
+    return SpeechT5HifiGan(config)
+
+
+class SpeechDecoder(nn.Module):
+    """Flow matching then vocoder: RVQ codes -> waveform."""
+
+    def __init__(self, speech: SpeechConfig, audio: AudioConfig) -> None:
+        super().__init__()
+        self.flow = FlowMatchingDecoder(speech, audio)
+        self.vocoder = build_vocoder(speech)
+
+    @torch.no_grad()
+    def forward(self, codes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Args: codes (B, T, L). Returns: waveform (B, T * upsample * hop_length)."""
+        mel = self.flow.sample(codes, generator=generator)
+        wave = self.vocoder(mel)
+        wave = wave if wave.dim() == 2 else wave[None]
+        return wave[:, : mel.shape[1] * self.vocoder.config.upsample_rates_product]

@@ -170,6 +170,10 @@ def _register_data_commands() -> None:
     cli.command()(speech.transcribe)
     cli.command()(speech.speak)
 
+    from app.commands import model
+
+    cli.command("model-info")(model.model_info)
+
     from app.commands.audit import audit_cli
 
     cli.add_typer(audit_cli)

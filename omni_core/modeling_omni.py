@@ -49,6 +49,9 @@ class DecodingOptions:
             raise ValueError("max_new_tokens and max_audio_frames must be >= 1, temperature >= 0")
 
 
+DEFAULT_DECODING = DecodingOptions()
+
+
 @dataclass
 class OmniOutput:
     loss: torch.Tensor | None
@@ -232,7 +235,7 @@ class OmniForConditionalGeneration(nn.Module):
         self,
         input_ids: torch.Tensor,
         *,
-        options: DecodingOptions = DecodingOptions(),
+        options: DecodingOptions = DEFAULT_DECODING,
         pixel_patches: torch.Tensor | None = None,
         image_grid_thw: torch.Tensor | None = None,
         audio_mel: list[torch.Tensor] | None = None,
@@ -289,7 +292,7 @@ class OmniForConditionalGeneration(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, input_ids: torch.Tensor, *, options: DecodingOptions = DecodingOptions(), **inputs: object
+        self, input_ids: torch.Tensor, *, options: DecodingOptions = DEFAULT_DECODING, **inputs: object
     ) -> GenerationResult:
         """Collect ``stream``: tokens (speech frames as ``audiogen_pad``) and each span's codes."""
         result = GenerationResult()

@@ -57,6 +57,7 @@ class VisionConfig:
     image_std: tuple[float, float, float] = CLIP_STD
 
     def __post_init__(self) -> None:
+        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)  # JSON gives lists
         if self.embed_dim % self.num_heads:
             raise ValueError("vision embed_dim must be divisible by num_heads")
         if (self.embed_dim // self.num_heads) % 4:

@@ -359,11 +359,11 @@ class OmniForConditionalGeneration(nn.Module):
         if llm is not None:
             source = AutoModelForCausalLM.from_pretrained(str(llm)).state_dict()
             _copy_into(model.llm, source, "the LLM")
-        if whisper is not None:
+        if whisper is not None:  # WhisperForConditionalGeneration ("model.encoder.") or WhisperModel ("encoder.")
             encoder = {
-                k.removeprefix("model.encoder."): v
+                k.split("encoder.", 1)[1]: v
                 for k, v in _load_folder(whisper).items()
-                if k.startswith("model.encoder.")
+                if k.startswith(("model.encoder.", "encoder."))
             }
             _copy_into(model.audio_tokenizer.encoder, encoder, "the Whisper encoder")
         if qwen2_vl is not None:

@@ -1,0 +1,60 @@
+"""A tiny omni model (random weights, seconds on CPU) and a byte tokenizer for it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import torch
+
+from omni_core import OmniConfig, OmniForConditionalGeneration, OmniProcessor
+from omni_core.processing_omni import Message, Part
+
+
+class ByteTokenizer:
+    """Bytes to ids 3..102 (0-2 are pad/bos/eos): enough for the tiny model's 128-token vocabulary."""
+
+    def encode(self, text: str) -> list[int]:
+        return [3 + byte % 100 for byte in text.encode()]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(chr(32 + (i - 3) % 95) for i in ids)
+
+
+@pytest.fixture
+def config() -> OmniConfig:
+    return OmniConfig.from_preset("tiny")
+
+
+@pytest.fixture
+def model(config: OmniConfig) -> OmniForConditionalGeneration:
+    torch.manual_seed(0)
+    return OmniForConditionalGeneration(config)
+
+
+@pytest.fixture
+def processor(config: OmniConfig) -> OmniProcessor:
+    return OmniProcessor(config, ByteTokenizer())
+
+
+def speech_codes(config: OmniConfig, frames: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.stack(
+        [torch.randint(0, size, (frames,), generator=generator) for size in config.audio.codebook_sizes], -1
+    )
+
+
+def conversation(config: OmniConfig) -> list[Message]:
+    """A study image, a 3D series, a spoken question, and a spoken answer."""
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 1, 56, 84, generator=generator)  # a 2D radiograph, (C, D, H, W)
+    series = torch.rand(3, 5, 28, 56, generator=generator)  # a 5-slice series rendered three-window
+    question = np.random.default_rng(2).normal(0, 0.1, 16_000).astype(np.float32)
+    return [
+        Message(
+            "user",
+            [Part("image", image), Part("image", series), Part("audio", question), Part("text", "Is there a nodule?")],
+        ),
+        Message("assistant", [Part("text", "No nodule."), Part("speech", speech_codes(config, 4))]),
+    ]

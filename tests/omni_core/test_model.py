@@ -1,0 +1,163 @@
+"""The omni model on the tiny preset: every modality through forward and backward, generation, parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from omni_core import DecodingOptions, OmniConfig, OmniForConditionalGeneration, OmniProcessor
+from omni_core.modeling_omni import PARTS
+
+from .conftest import conversation, speech_codes
+
+
+def _forward(model: OmniForConditionalGeneration, processor: OmniProcessor):  # type: ignore[no-untyped-def]
+    inputs = processor(conversation(model.config))
+    return model(
+        inputs.input_ids,
+        inputs.attention_mask,
+        inputs.labels,
+        pixel_patches=inputs.pixel_patches,
+        image_grid_thw=inputs.image_grid_thw,
+        audio_mel=inputs.audio_mel,
+        speech_codes=inputs.speech_codes,
+    )
+
+
+def test_every_modality_in_one_batch_forward_and_backward(
+    model: OmniForConditionalGeneration, processor: OmniProcessor
+) -> None:
+    model.train()
+    output = _forward(model, processor)
+    assert torch.isfinite(output.loss) and output.text_loss is not None and output.audio_loss is not None
+    output.loss.backward()
+    for name in ("vision", "projector", "audio_embedding", "llm", "audio_head"):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.part(name)), name
+
+
+def test_loss_falls_over_a_few_steps_on_a_fixed_batch(
+    model: OmniForConditionalGeneration, processor: OmniProcessor
+) -> None:
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(12):
+        optimizer.zero_grad()
+        loss = _forward(model, processor).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_frozen_parts_get_no_gradient(model: OmniForConditionalGeneration, processor: OmniProcessor) -> None:
+    model.set_trainable(
+        vision=False, audio_tokenizer=False, llm=False, projector=True, audio_embedding=True, audio_head=True
+    )  # stage 1.1-like plus the audio parts
+    assert model.trainable_parts()["llm"] is False and model.trainable_parts()["projector"] is True
+    model.train()
+    _forward(model, processor).loss.backward()
+    assert all(p.grad is None for name in ("vision", "audio_tokenizer", "llm") for p in model.part(name))
+    assert any(p.grad is not None for p in model.part("projector"))
+    with pytest.raises(ValueError, match="unknown parts"):
+        model.set_trainable(retina=False)
+
+
+def _force_tokens(model: OmniForConditionalGeneration, schedule: dict[int, int]) -> None:
+    """Make the LM head prefer a given token at given calls (to drive the speech path in tests)."""
+    calls = {"n": 0}
+
+    def hook(_module, _inputs, output):  # type: ignore[no-untyped-def]
+        token = schedule.get(calls["n"])
+        calls["n"] += 1
+        if token is not None:
+            output = output.clone()
+            output[..., -1, token] = output.abs().max() * 10 + 10
+        return output
+
+    model.llm.lm_head.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("speech", [False, True])
+def test_greedy_generation_with_the_cache_equals_without(config: OmniConfig, speech: bool) -> None:
+    results = []
+    for use_cache in (True, False):
+        torch.manual_seed(0)
+        model = OmniForConditionalGeneration(config).eval()
+        if speech:  # text, then a 3-frame spoken span, then text
+            _force_tokens(
+                model, {1: config.special_token_ids["audiogen_start"], 5: config.special_token_ids["audiogen_end"]}
+            )
+        options = DecodingOptions(max_new_tokens=8, use_cache=use_cache, max_audio_frames=6)
+        results.append(model.generate(torch.tensor([[5, 6, 7, 8]]), options=options))
+    cached, uncached = results
+    assert cached.token_ids == uncached.token_ids
+    assert len(cached.audio_codes) == len(uncached.audio_codes) == (1 if speech else 0)
+    for a, b in zip(cached.audio_codes, uncached.audio_codes, strict=True):
+        assert torch.equal(a, b) and a.shape == (3, len(config.audio.codebook_sizes))
+
+
+def test_streaming_gives_text_deltas_and_cross_faded_speech(config: OmniConfig, processor: OmniProcessor) -> None:
+    torch.manual_seed(0)
+    model = OmniForConditionalGeneration(config).eval()
+    _force_tokens(model, {2: config.special_token_ids["audiogen_start"], 9: config.special_token_ids["audiogen_end"]})
+    events = list(
+        processor.stream(
+            model,
+            conversation(config)[:1],
+            audio_chunk_frames=3,
+            options=DecodingOptions(max_new_tokens=6, max_audio_frames=20, seed=0),
+        )
+    )
+    text = "".join(e.text for e in events)
+    audio = [e.audio for e in events if e.audio is not None]
+    assert text and len(audio) >= 2
+    samples_per_frame = config.speech.sampling_rate / config.audio.frame_rate
+    fade = int(0.01 * config.speech.sampling_rate)  # chunks overlap by a 10 ms cross-fade
+    chunks = 2  # 6 frames in chunks of 3
+    assert sum(len(a) for a in audio) == 6 * samples_per_frame - (chunks - 1) * fade  # no frame lost
+
+
+def test_save_and_load_round_trip_is_bit_exact(model: OmniForConditionalGeneration, tmp_path: Path) -> None:
+    model.save_pretrained(tmp_path / "saved")
+    assert {p.name for p in (tmp_path / "saved").iterdir()} == {"config.json", "model.safetensors"}
+    loaded = OmniForConditionalGeneration.from_pretrained(tmp_path / "saved")
+    original, reloaded = model.state_dict(), loaded.state_dict()
+    assert original.keys() == reloaded.keys()
+    assert all(torch.equal(original[k], reloaded[k]) for k in original)
+    ids = torch.tensor([[5, 6, 7]])
+    assert torch.equal(model.eval().llm(input_ids=ids).logits, loaded.llm(input_ids=ids).logits)
+
+
+def test_demo_preset_ties_embeddings_and_still_round_trips(tmp_path: Path) -> None:
+    config = OmniConfig.from_preset("tiny")
+    config.text.tie_word_embeddings = True
+    model = OmniForConditionalGeneration(config)
+    model.save_pretrained(tmp_path)
+    loaded = OmniForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.llm.lm_head.weight.data_ptr() == loaded.llm.get_input_embeddings().weight.data_ptr()
+    assert torch.equal(loaded.llm.lm_head.weight, model.llm.lm_head.weight)
+
+
+def test_decoding_options_are_frozen_and_checked() -> None:
+    options = DecodingOptions()
+    with pytest.raises(AttributeError):
+        options.temperature = 1.0  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        DecodingOptions(max_new_tokens=0)
+
+
+def test_mismatched_placeholders_are_refused(model: OmniForConditionalGeneration, config: OmniConfig) -> None:
+    ids = torch.tensor([[5, config.special_token_ids["audiogen_pad"], 6]])
+    with pytest.raises(ValueError, match="audiogen_pad"):
+        model(ids, speech_codes=speech_codes(config, 2))
+    with pytest.raises(ValueError, match="image placeholders"):
+        model(torch.tensor([[config.special_token_ids["image_pad"]]]))
+
+
+def test_every_named_part_exists(model: OmniForConditionalGeneration) -> None:
+    counts = model.parameter_counts()
+    assert all(counts[name] > 0 for name in PARTS)
+    assert counts["total"] == sum(counts[name] for name in PARTS)

@@ -13,13 +13,14 @@ from omni_core.processing_omni import Message, Part
 
 
 class ByteTokenizer:
-    """Bytes to ids 3..102 (0-2 are pad/bos/eos): enough for the tiny model's 128-token vocabulary."""
+    """Printable ASCII to ids 3..97 (0-2 are pad/bos/eos; anything else reads as a space): a reversible
+    tokenizer that fits the tiny model's 128-token vocabulary."""
 
     def encode(self, text: str) -> list[int]:
-        return [3 + byte % 100 for byte in text.encode()]
+        return [3 + (ord(ch) - 32 if 32 <= ord(ch) < 127 else 0) for ch in text]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return "".join(chr(32 + (i - 3) % 95) for i in ids)
+        return "".join(chr(32 + i - 3) if 3 <= i < 98 else "" for i in ids)
 
 
 @pytest.fixture

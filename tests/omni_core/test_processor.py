@@ -1,0 +1,68 @@
+"""The processor turns what medical_data produces into model inputs the model accepts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydicom.data import get_testdata_file
+
+from medical_data.study import load_image
+from omni_core import OmniConfig, OmniProcessor
+from omni_core.processing_omni import IGNORE, Message, Part
+
+from .conftest import ByteTokenizer, conversation
+
+
+def test_placeholders_match_the_encoders(config: OmniConfig, processor: OmniProcessor) -> None:
+    inputs = processor(conversation(config))
+    ids = inputs.input_ids[0].tolist()
+    special = config.special_token_ids
+    grid = inputs.image_grid_thw.tolist()
+    # a 2D image; a 5-slice series sampled to the preset's 4 frames = 2 temporal patches
+    assert grid == [[1, 4, 6], [2, 2, 4]]
+    assert ids.count(special["image_pad"]) == 1 * 4 * 6 // 4
+    assert ids.count(special["video_pad"]) == 2 * 2 * 4 // 4
+    assert ids.count(special["audio_pad"]) == 13  # 1 s of audio at 12.5 tokens/s, rounded up
+    assert ids.count(special["audiogen_pad"]) == inputs.speech_codes.shape[0] == 4
+    assert inputs.pixel_patches.shape[0] == sum(t * h * w for t, h, w in grid)
+
+
+def test_labels_cover_the_assistant_turn_only(config: OmniConfig, processor: OmniProcessor) -> None:
+    inputs = processor(conversation(config))
+    labels = [t for t in inputs.labels[0].tolist() if t != IGNORE]
+    assert ByteTokenizer().decode(labels).startswith("No nodule.")
+    special = config.special_token_ids
+    assert special["audiogen_start"] in labels and special["audiogen_end"] in labels
+    assert special["audiogen_pad"] not in labels and special["image_pad"] not in labels
+
+
+def test_a_dicom_image_brings_its_header_facts_and_stays_a_plain_tensor(
+    config: OmniConfig, processor: OmniProcessor
+) -> None:
+    image = load_image(get_testdata_file("CT_small.dcm"), preset="lung")
+    inputs = processor([Message("user", [Part("image", image), Part("text", "Findings?")])], add_generation_prompt=True)
+    text = ByteTokenizer().decode(inputs.input_ids[0].tolist())
+    assert "[CT | lung window]" in text
+    assert type(inputs.pixel_patches) is torch.Tensor  # MONAI's metadata stays out of the model
+    side = config.vision.merge_factor
+    assert all(h * 14 % side == 0 and w * 14 % side == 0 for _, h, w in inputs.image_grid_thw.tolist())
+
+
+def test_a_tokenizer_beyond_the_backbone_vocabulary_is_refused(config: OmniConfig) -> None:
+    class Wide:
+        def encode(self, text: str) -> list[int]:
+            return [500]
+
+        def decode(self, ids: list[int]) -> str:
+            return ""
+
+    with pytest.raises(ValueError, match="vocabulary"):
+        OmniProcessor(config, Wide())([Message("user", [Part("text", "hi")])])
+
+
+def test_audio_token_rate_is_12_5_per_second(config: OmniConfig, processor: OmniProcessor) -> None:
+    for seconds, tokens in ((0.08, 1), (2.0, 25), (3.0, 38)):
+        audio = np.zeros(int(16_000 * seconds), dtype=np.float32)
+        ids = processor([Message("user", [Part("audio", audio)])]).input_ids[0].tolist()
+        assert ids.count(config.special_token_ids["audio_pad"]) == tokens

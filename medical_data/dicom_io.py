@@ -25,7 +25,13 @@ from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    AllTransferSyntaxes,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from medical_data.errors import (
     DicomLimitError,
@@ -169,6 +175,8 @@ def read_dicom(
             if require_sop_instance and "SOPInstanceUID" not in dataset:
                 raise DicomRejected("not a complete DICOM object (no SOP Instance UID)")
             _fill_transfer_syntax(dataset)
+            if dataset.file_meta.TransferSyntaxUID not in AllTransferSyntaxes:
+                raise DicomRejected("unknown transfer syntax: the file cannot be read reliably")
         except DicomRejected:
             raise
         except RecursionError:

@@ -144,3 +144,12 @@ def test_atomic_write_produces_a_readable_file(tmp_path: Path) -> None:
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError):
         dicom_io.DicomLimits(max_sequence_depth=0)
+
+
+def test_a_corrupt_transfer_syntax_is_rejected(tmp_path: Path) -> None:
+    """Found by the fuzz test: one flipped byte in the file meta's Transfer Syntax UID."""
+    data = _bytes_of("rtplan.dcm")
+    index = data.index(b"1.2.840.10008.1.2\x00")
+    corrupt = data[:index] + b"\x00" + data[index + 1 :]
+    with pytest.raises(DicomRejected, match="unknown transfer syntax"):
+        read_dicom(_write(tmp_path, corrupt))

@@ -43,6 +43,9 @@ class DecodingOptions:
     max_audio_frames: int = 500
     audio_temperature: float = 0.0
     stop_token_ids: tuple[int, ...] = ()
+    sentence_end_ids: frozenset[int] = frozenset()
+    """Speak each sentence as it ends (the released demo's scheme): after one of these tokens the
+    model is switched into a speech span. Empty: speech only where the model starts it itself."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.temperature < 0 or self.max_audio_frames < 1:
@@ -259,6 +262,7 @@ class OmniForConditionalGeneration(nn.Module):
         new_input = prompt
         frames = 0
         in_speech = False
+        forced: list[int] = []
         for _ in range(options.max_new_tokens + options.max_audio_frames):
             if options.use_cache:
                 output = self.llm(inputs_embeds=new_input, cache=cache, use_cache=True, output_hidden_states=in_speech)
@@ -281,11 +285,13 @@ class OmniForConditionalGeneration(nn.Module):
                     continue
                 in_speech, token = False, self.ids["audiogen_end"]
             else:
-                token = self._pick(logits, options, generator)
+                token = forced.pop(0) if forced else self._pick(logits, options, generator)
             yield GenerationStep(token_id=token)
             if token in stops:
                 return
             in_speech = speaking and token == self.ids["audiogen_start"]
+            if speaking and not in_speech and token in options.sentence_end_ids:
+                forced.append(self.ids["audiogen_start"])  # the sentence is written: now say it
             frames = 0 if in_speech else frames
             new_input = self.llm.get_input_embeddings()(torch.tensor([[token]]))
             sequence = torch.cat([sequence, new_input], dim=1)

@@ -12,6 +12,7 @@ Special tokens are inserted by id, never parsed out of user text.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -97,6 +98,16 @@ class OmniProcessor:
         self.config = config
         self.tokenizer = tokenizer
         self.ids = config.special_token_ids
+        self._sentence_end_ids: frozenset[int] | None = None
+
+    def sentence_end_ids(self) -> frozenset[int]:
+        """Token ids whose text ends a sentence (found once by decoding the vocabulary)."""
+        if self._sentence_end_ids is None:
+            vocabulary = self.config.base_vocab_size or self.config.text.vocab_size
+            self._sentence_end_ids = frozenset(
+                i for i in range(vocabulary) if self.tokenizer.decode([i]).rstrip().endswith((".", "!", "?"))
+            )
+        return self._sentence_end_ids
 
     def _text(self, text: str) -> list[int]:
         ids = list(self.tokenizer.encode(text))
@@ -203,12 +214,17 @@ class OmniProcessor:
         *,
         options: DecodingOptions = DEFAULT_DECODING,
         audio_chunk_frames: int = 50,
+        speak_sentences: bool = True,
     ) -> Iterator[StreamEvent]:
         """Generate an answer: text deltas as tokens arrive, speech in chunks as frames arrive.
 
-        Speech frames are vocoded every ``audio_chunk_frames`` frames and at the end of a span, and
-        consecutive chunks are cross-faded over 10 ms (the released demo's scheme).
+        With ``speak_sentences`` (the released demo's scheme) each sentence is written, then spoken:
+        the model is switched into a speech span at every sentence end. Speech frames are vocoded
+        every ``audio_chunk_frames`` frames and at the end of a span; consecutive chunks are
+        cross-faded over 10 ms.
         """
+        if speak_sentences and options.speech and not options.sentence_end_ids:
+            options = dataclasses.replace(options, sentence_end_ids=self.sentence_end_ids())
         inputs = self(messages, add_generation_prompt=True)
         text_ids: list[int] = []
         shown = ""

@@ -161,3 +161,24 @@ def test_every_named_part_exists(model: OmniForConditionalGeneration) -> None:
     counts = model.parameter_counts()
     assert all(counts[name] > 0 for name in PARTS)
     assert counts["total"] == sum(counts[name] for name in PARTS)
+
+
+def test_each_sentence_is_written_then_spoken(config: OmniConfig, processor: OmniProcessor) -> None:
+    """The released demo's scheme: text to the sentence end, then a speech span, then on."""
+    torch.manual_seed(0)
+    model = OmniForConditionalGeneration(config).eval()
+    period = processor.tokenizer.encode(".")[0]
+    assert (
+        period in processor.sentence_end_ids()
+        and processor.tokenizer.encode("a")[0] not in processor.sentence_end_ids()
+    )
+    _force_tokens(model, {1: period, 5: config.special_token_ids["audiogen_end"]})
+    options = DecodingOptions(max_new_tokens=6, max_audio_frames=10, sentence_end_ids=processor.sentence_end_ids())
+    result = model.generate(torch.tensor([[5, 6, 7]]), options=options)
+    special = config.special_token_ids
+    start = result.token_ids.index(special["audiogen_start"])
+    assert result.token_ids[start - 1] == period  # the sentence ended, then speech began
+    end = result.token_ids.index(special["audiogen_end"], start)
+    frames = result.token_ids[start + 1 : end]
+    assert frames and set(frames) == {special["audiogen_pad"]}
+    assert len(result.audio_codes) == 1 and result.audio_codes[0].shape[0] == len(frames)

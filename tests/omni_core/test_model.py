@@ -108,6 +108,7 @@ def test_streaming_gives_text_deltas_and_cross_faded_speech(config: OmniConfig, 
             model,
             conversation(config)[:1],
             audio_chunk_frames=3,
+            speak_sentences=False,  # only the forced span: this test counts its frames
             options=DecodingOptions(max_new_tokens=6, max_audio_frames=20, seed=0),
         )
     )

@@ -14,9 +14,7 @@ same audio always gives the same transcript.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
@@ -25,6 +23,7 @@ from pathlib import Path
 import ctranslate2
 import numpy as np
 
+from omni_core.model_cache import building_folder
 from omni_core.speech.errors import ModelNotFound, NoSpeechDetected, RecognitionError
 from omni_core.speech.lexicon import Correction, LexiconCorrector
 
@@ -143,9 +142,7 @@ def _join_whisper_base(target: Path) -> Path:
     if part1 is None or part2 is None:
         raise ModelNotFound("the Whisper base packages hold no model.bin parts; reinstall them")
     second = part2.parent
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".whisper-base-", dir=target.parent))
-    try:
+    with building_folder(target) as staging:
         with open(staging / "model.bin", "wb") as joined:
             for part in (part1, part2):
                 with open(part, "rb") as source:
@@ -153,13 +150,6 @@ def _join_whisper_base(target: Path) -> Path:
         for name in ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json", "preprocessor_config.json"):
             if (second / name).is_file():
                 shutil.copy(second / name, staging / name)
-        if target.exists():  # another process joined it meanwhile
-            shutil.rmtree(staging)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return _checked_folder(target)
 
 

@@ -48,7 +48,7 @@ def test_loss_falls_over_a_few_steps_on_a_fixed_batch(
         loss = _forward(model, processor).loss
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0], losses
 
 

@@ -1,0 +1,30 @@
+"""Model folders prepared once (joined, converted) and published atomically into a cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def building_folder(target: Path) -> Iterator[Path]:
+    """Yield a staging folder beside ``target``; on success it becomes ``target`` in one rename.
+
+    A failure removes the staging folder: a half-made model folder is never seen. If another
+    process published ``target`` meanwhile, its folder is kept and this one is dropped.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -194,7 +194,11 @@ class OmniProcessor:
             opening, closing = ("video_start", "video_end") if grid[0] > 1 else ("image_start", "image_end")
             return self._text(image_facts(part.value)) + [ids[opening]] + [pad] * tokens + [ids[closing]]
         if part.kind == "audio":
-            mel = torch.from_numpy(log_mel(np.asarray(part.value, dtype=np.float32), self.config.audio))
+            samples = np.asarray(part.value, dtype=np.float32)
+            limit = self.config.audio.max_audio_seconds
+            if len(samples) > limit * self.config.audio.sampling_rate:
+                raise ValueError(f"an audio part is longer than {limit} s, the audio tokenizer's window: split it")
+            mel = torch.from_numpy(log_mel(samples, self.config.audio))
             mels.append(mel)
             return (
                 [ids["audio_start"]]

@@ -66,3 +66,9 @@ def test_audio_token_rate_is_12_5_per_second(config: OmniConfig, processor: Omni
         audio = np.zeros(int(16_000 * seconds), dtype=np.float32)
         ids = processor([Message("user", [Part("audio", audio)])]).input_ids[0].tolist()
         assert ids.count(config.special_token_ids["audio_pad"]) == tokens
+
+
+def test_audio_longer_than_the_tokenizer_window_is_refused(config: OmniConfig, processor: OmniProcessor) -> None:
+    too_long = np.zeros(16_000 * (config.audio.max_audio_seconds + 1), dtype=np.float32)
+    with pytest.raises(ValueError, match="split it"):
+        processor([Message("user", [Part("audio", too_long)])])

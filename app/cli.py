@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from app import __version__
+from app.commands.errors import fail as _fail
 from app.core.config import Settings, SettingsError, load_settings
 from app.core.privacy import protect_patient_data_in_logs
 
@@ -26,11 +27,6 @@ cli = typer.Typer(
 )
 
 EXIT_USAGE = 2
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code)
 
 
 def _settings(**overrides: object) -> Settings:

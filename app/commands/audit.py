@@ -17,18 +17,14 @@ from typing import Annotated
 
 import typer
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
+from app.commands.errors import EXIT_FAILED, EXIT_USAGE
+from app.commands.errors import fail as _fail
 
 audit_cli = typer.Typer(name="audit", help="The tamper-evident audit trail.", no_args_is_help=True)
 
 
 class ExportFormat(StrEnum):
     fhir = "fhir"
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code)
 
 
 def audit_engine():  # type: ignore[no-untyped-def]

@@ -15,20 +15,15 @@ from typing import Annotated
 import typer
 
 from app.commands.audit import audit_engine, record_operator_event
+from app.commands.errors import EXIT_FAILED, EXIT_USAGE, fail
 from app.core.config import Settings, SettingsError
 
-EXIT_PROBLEMS, EXIT_USAGE = 1, 2
 EXPORT, INSTANCES_ACCESSED = "110106", "110103"  # DCM audit event types
 MINOR_FAILURE = 4
 
 
 class Profile(StrEnum):
     basic = "basic"
-
-
-def _usage_error(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(EXIT_USAGE)
 
 
 def _parse_safe_private(entries: list[str]) -> tuple[tuple[str, int, int], ...]:
@@ -38,9 +33,9 @@ def _parse_safe_private(entries: list[str]) -> tuple[tuple[str, int, int], ...]:
             creator, group, element = entry.rsplit(":", 2)
             group_number, element_number = int(group, 16), int(element, 16)
         except ValueError:
-            raise _usage_error(f"--keep-private takes CREATOR:GGGG:EE (hex), got {entry!r}") from None
+            raise fail(f"--keep-private takes CREATOR:GGGG:EE (hex), got {entry!r}", EXIT_USAGE) from None
         if group_number % 2 == 0 or not 0 <= element_number <= 0xFF:
-            raise _usage_error(f"--keep-private {entry!r}: the group must be odd and the element 00-FF")
+            raise fail(f"--keep-private {entry!r}: the group must be odd and the element 00-FF", EXIT_USAGE)
         parsed.append((creator, group_number, element_number))
     return tuple(parsed)
 
@@ -65,7 +60,7 @@ def _deidentifier(
     try:
         secret = settings.resolve_deid_secret()
     except SettingsError as exc:
-        raise _usage_error(str(exc)) from None
+        raise fail(str(exc), EXIT_USAGE) from None
     return DicomDeidentifier(
         site_secret=secret, options=options, allow_burned_in=allow_burned_in, method_label=f"omniclinic {__version__}"
     )
@@ -73,7 +68,7 @@ def _deidentifier(
 
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise _usage_error(f"--out {out} exists and is not a folder")
+        raise fail(f"--out {out} exists and is not a folder", EXIT_USAGE)
 
 
 @contextmanager
@@ -148,7 +143,7 @@ def deid(
         typer.echo(f"  {code}: {number}")
     typer.echo(f"report: {report_path}")
     if not summary.all_written:
-        raise typer.Exit(EXIT_PROBLEMS)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def ingest(
@@ -173,7 +168,7 @@ def ingest(
     )
     resolved = out.resolve()
     if resolved.is_relative_to(source.resolve()):
-        raise _usage_error("--out must not be inside the source folder")
+        raise fail("--out must not be inside the source folder", EXIT_USAGE)
     state_path = settings.data_dir / "ingest" / f"{hashlib.sha256(str(resolved).encode()).hexdigest()[:16]}.jsonl"
     engine = audit_engine()
     options = deidentifier.options.enabled
@@ -203,7 +198,7 @@ def ingest(
         typer.echo(f"  not cached: series {series_uid}: {reason}")
     typer.echo(f"manifest: {resolved / MANIFEST_NAME}")
     if not summary.clean:
-        raise typer.Exit(EXIT_PROBLEMS)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def inspect(
@@ -245,4 +240,4 @@ def inspect(
             for rejection in result.rejected:
                 typer.echo(f"  {rejection.display_name}: {rejection.reason}")
     if not studies:
-        raise typer.Exit(EXIT_PROBLEMS)
+        raise typer.Exit(EXIT_FAILED)

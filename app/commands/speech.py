@@ -10,13 +10,10 @@ from typing import Annotated, Literal
 
 import typer
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
+from app.commands.errors import EXIT_FAILED, EXIT_USAGE
+from app.commands.errors import fail as _fail
+
 OUTPUT_FORMATS = {".wav": "wav", ".ogg": "ogg", ".opus": "ogg"}
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code)
 
 
 def transcribe(

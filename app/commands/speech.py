@@ -70,7 +70,8 @@ def speak(
     if kind is None:
         raise _fail(f"--out must end in {', '.join(OUTPUT_FORMATS)}", EXIT_USAGE)
     try:
-        synthesizer = load_synthesizer(engine or current_settings().tts_engine)
+        settings = current_settings()
+        synthesizer = load_synthesizer(engine or settings.tts_engine, deterministic=settings.tts_deterministic)
         samples = synthesize(synthesizer, text)
     except SynthesisError as exc:
         raise _fail(str(exc), EXIT_USAGE if "install" in str(exc) else EXIT_FAILED) from None

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     )
     asr_language: str = Field(default="en", min_length=2, max_length=8, description="Language spoken (ISO 639-1).")
     tts_engine: Literal["auto", "piper", "espeak"] = Field(default="auto", description="Speech synthesis engine.")
+    tts_deterministic: bool = Field(
+        default=False, description="Speak a text the same way every time (Piper's sampling noise off)."
+    )
     max_audio_seconds: float = Field(default=600.0, gt=0, le=7200, description="Longest audio accepted, seconds.")
     cpu_threads: int = Field(default=2, ge=1, le=256, description="Threads for CPU inference.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

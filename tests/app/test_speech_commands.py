@@ -13,11 +13,14 @@ from app.cli import cli
 from omni_core.speech.encode import wav_bytes
 
 runner = CliRunner()
-SENTENCE = "The lungs are clear."  # plain words: the CLI speaks with Piper's natural, varying voice
+SENTENCE = "The lungs are clear."
 
 
 @pytest.mark.parametrize("suffix", [".wav", ".ogg"])
-def test_speak_then_transcribe(tmp_path: Path, suffix: str) -> None:
+def test_speak_then_transcribe(tmp_path: Path, suffix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "OMNICLINIC_TTS_DETERMINISTIC", "1"
+    )  # the same audio every run (ASR accuracy is tested elsewhere)
     out = tmp_path / f"answer{suffix}"
     spoken = runner.invoke(cli, ["speak", SENTENCE, "--out", str(out), "--engine", "piper"])
     assert spoken.exit_code == 0, spoken.output
@@ -55,3 +58,12 @@ def test_speak_refuses_an_unknown_format_and_empty_text(tmp_path: Path) -> None:
     result = runner.invoke(cli, ["speak", "  ", "--out", str(tmp_path / "x.wav")])
     assert result.exit_code == 1 and "no text" in result.stderr
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_deterministic_speech_is_the_same_every_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMNICLINIC_TTS_DETERMINISTIC", "true")
+    for name in ("a.wav", "b.wav"):
+        assert (
+            runner.invoke(cli, ["speak", SENTENCE, "--out", str(tmp_path / name), "--engine", "piper"]).exit_code == 0
+        )
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from app import __version__
+from app.commands.errors import EXIT_USAGE
 from app.commands.errors import fail as _fail
 from app.core.config import Settings, SettingsError, load_settings
 from app.core.privacy import protect_patient_data_in_logs
@@ -25,8 +26,6 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-EXIT_USAGE = 2
 
 
 def _settings(**overrides: object) -> Settings:

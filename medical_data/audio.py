@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from medical_data.errors import AudioDecodeError, AudioLimitError
+from medical_data.files import size_within
 
 SAMPLE_RATE = 16_000
 MiB = 1024 * 1024
@@ -112,12 +113,9 @@ def _open_bounded(source: str | os.PathLike[str] | bytes | BinaryIO, limits: Aud
         return io.BytesIO(source)
     if isinstance(source, str | os.PathLike):
         path = Path(source)
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise AudioDecodeError(f"cannot read the audio file ({exc.strerror})") from None
-        if size > limits.max_bytes:
-            raise AudioLimitError(f"audio is {size} bytes, over the {limits.max_bytes} byte limit")
+        size = size_within(
+            path, limits.max_bytes, what="audio", limit_error=AudioLimitError, read_error=AudioDecodeError
+        )
         if size == 0:
             raise AudioDecodeError("the audio file is empty")
         return str(path)  # PyAV opens and closes it

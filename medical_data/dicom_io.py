@@ -40,6 +40,7 @@ from medical_data.errors import (
     NotDicomError,
     TruncatedDicomError,
 )
+from medical_data.files import size_within
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -143,13 +144,9 @@ def read_dicom(
         DicomRejected: subclasses say why (not DICOM, truncated, over a limit).
     """
     if isinstance(source, str | os.PathLike):
-        path = Path(source)
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise DicomRejected(f"cannot read file ({exc.strerror})") from None
-        if size > limits.max_file_bytes:
-            raise DicomLimitError(f"file is {size} bytes, over the {limits.max_file_bytes} byte limit")
+        size = size_within(
+            Path(source), limits.max_file_bytes, what="DICOM", limit_error=DicomLimitError, read_error=DicomRejected
+        )
         if size == 0:
             raise NotDicomError("file is empty")
     with quiet_pydicom():

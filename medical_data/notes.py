@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medical_data.errors import NotesRejected
+from medical_data.files import size_within
 
 NOTE_SUFFIXES = frozenset({".txt", ".csv", ".json", ".jsonl"})
 MAX_NOTES_BYTES = 20 * 1024 * 1024
@@ -32,12 +33,7 @@ class Note:
 
 
 def _decode(path: Path) -> str:
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise NotesRejected(f"cannot read the notes file ({exc.strerror})") from None
-    if size > MAX_NOTES_BYTES:
-        raise NotesRejected(f"notes file is {size} bytes, over the {MAX_NOTES_BYTES} byte limit")
+    size_within(path, MAX_NOTES_BYTES, what="notes", limit_error=NotesRejected, read_error=NotesRejected)
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")

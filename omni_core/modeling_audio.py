@@ -86,29 +86,33 @@ class MelDecoder(nn.Module):
         return self.to_mel(hidden.transpose(1, 2)).transpose(1, 2)
 
 
+def whisper_config(config: AudioConfig) -> WhisperConfig:
+    """A Whisper config whose encoder has this tokenizer's dimensions (its decoder is a stub)."""
+    return WhisperConfig(
+        num_mel_bins=config.num_mel_bins,
+        d_model=config.d_model,
+        encoder_layers=config.encoder_layers,
+        encoder_attention_heads=config.encoder_attention_heads,
+        encoder_ffn_dim=config.encoder_ffn_dim,
+        max_source_positions=config.max_source_positions,
+        decoder_layers=1,
+        decoder_attention_heads=1,
+        decoder_ffn_dim=8,
+        vocab_size=8,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+    )
+
+
 class AudioTokenizer(nn.Module):
     """Audio to discrete codes at 12.5 Hz, and (for training) back to mel."""
 
     def __init__(self, config: AudioConfig) -> None:
         super().__init__()
         self.config = config
-        whisper = WhisperConfig(
-            num_mel_bins=config.num_mel_bins,
-            d_model=config.d_model,
-            encoder_layers=config.encoder_layers,
-            encoder_attention_heads=config.encoder_attention_heads,
-            encoder_ffn_dim=config.encoder_ffn_dim,
-            max_source_positions=config.max_source_positions,
-            decoder_layers=1,
-            decoder_attention_heads=1,
-            decoder_ffn_dim=8,
-            vocab_size=8,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-            decoder_start_token_id=1,
-        )
-        self.encoder = WhisperEncoder(whisper)
+        self.encoder = WhisperEncoder(whisper_config(config))
         self.pool = nn.AvgPool1d(config.avg_pooler, stride=config.avg_pooler, ceil_mode=True)
         self.rvq = ResidualVQ(
             dim=config.d_model,

@@ -12,7 +12,6 @@ from transformers import (
     Qwen2Config,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
-    WhisperConfig,
     WhisperForConditionalGeneration,
 )
 from typer.testing import CliRunner
@@ -20,6 +19,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from omni_core import OmniConfig, OmniForConditionalGeneration
 from omni_core.configuration_omni import RELEASED_SPECIAL_TOKEN_IDS
+from omni_core.modeling_audio import whisper_config
 
 QWEN25_7B_PARAMETERS = 7_615_616_512  # Qwen2.5-7B, as published (untied output layer)
 QWEN2_VL_7B_VISION_PARAMETERS = 8_291_375_616 - 7_615_616_512  # Qwen2-VL-7B total minus its LLM
@@ -33,25 +33,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(3)
     text = config.text.hf_kwargs() | {"vocab_size": config.base_vocab_size}
     AutoModelForCausalLM.from_config(Qwen2Config(**text)).save_pretrained(root / "llm")
-    audio = config.audio
-    WhisperForConditionalGeneration(
-        WhisperConfig(
-            num_mel_bins=audio.num_mel_bins,
-            d_model=audio.d_model,
-            encoder_layers=audio.encoder_layers,
-            encoder_attention_heads=audio.encoder_attention_heads,
-            encoder_ffn_dim=audio.encoder_ffn_dim,
-            max_source_positions=audio.max_source_positions,
-            decoder_layers=1,
-            decoder_attention_heads=2,
-            decoder_ffn_dim=64,
-            vocab_size=64,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-            decoder_start_token_id=1,
-        )
-    ).save_pretrained(root / "whisper")
+    WhisperForConditionalGeneration(whisper_config(config.audio)).save_pretrained(root / "whisper")
     vision = config.vision
     Qwen2VLForConditionalGeneration(
         Qwen2VLConfig(

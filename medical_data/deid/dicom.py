@@ -252,16 +252,13 @@ class DicomDeidentifier:
     def _remap(self, element: DataElement) -> None:
         if element.VR == "SQ":
             return  # X/Z/U*: keep the items; the walk remaps the UIDs inside them
-        if element.VR != "UI":
-            self._dummy_non_uid(element)
+        if element.VR != "UI":  # a U action on a non-UID element (e.g. UN): a dummy of its VR
+            self._dummy(element)
             return
         if element.VM > 1:
             element.value = [self.remap_uid(str(v)) for v in element.value]
         elif element.value:
             element.value = self.remap_uid(str(element.value))
-
-    def _dummy_non_uid(self, element: DataElement) -> None:
-        element.value = DUMMY_BY_VR.get(element.VR, DEFAULT_TEXT_DUMMY) if element.VR not in NUMBER_VRS else 0
 
     def _clean(self, ds: Dataset, element: DataElement, known: KnownIdentifiers, shift: timedelta) -> str:
         vr = element.VR

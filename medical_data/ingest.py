@@ -253,8 +253,13 @@ def cached_dataset(out_dir: Path, max_frames: int = 32, max_pixels: int = DEFAUL
     for line in (out_dir / MANIFEST_NAME).read_text(encoding="utf-8").splitlines():
         entry = json.loads(line)
         if entry.get("cache_error") is None:
-            records.append({"image": entry["files"], "series_uid": entry["series_uid"]})
+            records.append(_cache_record(entry["files"], entry["series_uid"]))
     return persistent_dataset(records, model_input_transform(out_dir, max_frames, max_pixels), out_dir / "cache")
+
+
+def _cache_record(files: list[str], series_uid: str) -> dict[str, object]:
+    """The record MONAI's cache is keyed on: warming (ingest) and reading (training) must build it alike."""
+    return {"image": files, "series_uid": series_uid}
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -267,7 +272,7 @@ def _warm_cache(
     series: dict[tuple[str, str], list[str]], out_dir: Path, max_frames: int, max_pixels: int, summary: IngestSummary
 ) -> dict[str, str]:
     """Fill MONAI's persistent cache with each series as model-ready tensors; return series -> error."""
-    records = [{"image": files, "series_uid": series_uid} for (_, series_uid), files in sorted(series.items())]
+    records = [_cache_record(files, series_uid) for (_, series_uid), files in sorted(series.items())]
     dataset = persistent_dataset(records, model_input_transform(out_dir, max_frames, max_pixels), out_dir / "cache")
     errors: dict[str, str] = {}
     for index, record in enumerate(records):

@@ -13,6 +13,7 @@ without loading a model. Presets:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +35,35 @@ SPECIAL_TOKENS = (
     "audiogen_pad",
     "audiotext_start",
     "audiotext_end",
+    "audiotext_pad",
+    "audio_delim",
+    "image_line",
+    "image_delimiter",
 )
+PLACEHOLDER_TOKENS = ("image_pad", "video_pad", "audio_pad", "audiogen_pad")
+"""Filled by encoder outputs or speech frames; the text head never writes them."""
+RELEASED_CONFIG = Path(__file__).with_name("baichuan_omni_1_5_config.json")
+# Where the released config.json keeps each special token id, by our names.
+RELEASED_TOKEN_KEYS = {
+    "audio_start": ("audio_config", "audio_start_token_id"),
+    "audio_end": ("audio_config", "audio_end_token_id"),
+    "audio_pad": ("audio_config", "audio_pad_token_id"),
+    "audio_delim": ("audio_config", "audio_delim_token_id"),
+    "audiogen_start": ("audio_config", "audiogen_start_token_id"),
+    "audiogen_end": ("audio_config", "audiogen_end_token_id"),
+    "audiotext_start": ("audio_config", "audiotext_start_token_id"),
+    "audiotext_end": ("audio_config", "audiotext_end_token_id"),
+    "audiotext_pad": ("audio_config", "audiotext_pad_token_id"),
+    "image_start": ("visual_config", "image_start_token_id"),
+    "image_end": ("visual_config", "image_end_token_id"),
+    "image_pad": ("visual_config", "image_pad_token_id"),
+    "image_line": ("visual_config", "image_line_token_id"),
+    "image_delimiter": ("visual_config", "image_delimiter_token_id"),
+    "video_start": ("video_config", "video_start_token_id"),
+    "video_end": ("video_config", "video_end_token_id"),
+    "video_pad": ("video_config", "video_place_token_id"),
+}
+LOSS_NAMES = ("text", "audio_head", "commitment", "mel_reconstruction", "flow", "flow_prenet")
 
 
 @dataclass
@@ -179,6 +208,28 @@ class SpeechConfig:
 
 
 @dataclass
+class LossWeights:
+    """The weight of each named loss in ``OmniOutput.loss`` (0 leaves a loss reported but untrained)."""
+
+    text: float = 1.0
+    """Next-token cross-entropy on the labelled (assistant) tokens, speech-span markers included."""
+    audio_head: float = 1.0
+    """Cross-entropy of the audio head's RVQ codes for each speech frame."""
+    commitment: float = 0.25
+    """The residual VQ's commitment loss on input audio (the audio tokenizer)."""
+    mel_reconstruction: float = 1.0
+    """L1 of the audio tokenizer's mel decoder against the input mel."""
+    flow: float = 1.0
+    """Flow-matching (MSE of the velocity field) of the speech decoder on target mel."""
+    flow_prenet: float = 1.0
+    """L1 of the flow prenet's mel estimate (the condition) against target mel, as the release weighs it."""
+
+    def __post_init__(self) -> None:
+        if any(getattr(self, name) < 0 for name in LOSS_NAMES):
+            raise ValueError("loss weights must be >= 0")
+
+
+@dataclass
 class OmniConfig:
     """The whole model; each part accepts a config or a dict."""
 
@@ -186,6 +237,7 @@ class OmniConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
     text: TextConfig = field(default_factory=TextConfig)
     speech: SpeechConfig = field(default_factory=SpeechConfig)
+    loss_weights: LossWeights = field(default_factory=LossWeights)
     special_token_ids: dict[str, int] = field(default_factory=dict)
     """Ids of the multimodal special tokens; empty means appended after the base vocabulary."""
     base_vocab_size: int | None = None
@@ -198,6 +250,7 @@ class OmniConfig:
             ("audio", AudioConfig),
             ("text", TextConfig),
             ("speech", SpeechConfig),
+            ("loss_weights", LossWeights),
         ):
             value = getattr(self, name)
             if isinstance(value, dict):
@@ -227,12 +280,12 @@ class OmniConfig:
     def from_dict(cls, data: dict[str, Any]) -> OmniConfig:
         return cls(**data)
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+    def save(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path) -> OmniConfig:
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    def load(cls, path: str | os.PathLike[str]) -> OmniConfig:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def _tiny() -> OmniConfig:
@@ -286,21 +339,21 @@ def _tiny() -> OmniConfig:
 
 
 def _demo_cpu() -> OmniConfig:
-    """SmolLM2-135M-Instruct (its exact architecture) with small vision and audio parts."""
+    """SmolLM2-135M-Instruct (its exact architecture), Whisper tiny.en's encoder, a small vision encoder."""
     return OmniConfig(
         vision=VisionConfig(
             depth=6, embed_dim=256, num_heads=4, min_pixels=56 * 56, max_pixels=448 * 448, max_frames=8
         ),
-        audio=AudioConfig(
+        audio=AudioConfig(  # Whisper tiny.en's encoder (from_components(whisper=convert-whisper tiny.en))
             num_mel_bins=80,
-            d_model=256,
+            d_model=384,
             encoder_layers=4,
-            encoder_attention_heads=4,
-            encoder_ffn_dim=1024,
+            encoder_attention_heads=6,
+            encoder_ffn_dim=1536,
             codebook_sizes=(1024, 512, 256, 256),
             decoder_layers=2,
-            decoder_attention_heads=4,
-            decoder_ffn_dim=1024,
+            decoder_attention_heads=6,
+            decoder_ffn_dim=1536,
         ),
         text=TextConfig(
             model_type="llama",
@@ -332,33 +385,28 @@ def _demo_cpu() -> OmniConfig:
     )
 
 
-# Special-token ids of the released model (its config.json), by our names.
-RELEASED_SPECIAL_TOKEN_IDS = {
-    "audio_start": 151676,
-    "audio_end": 151677,
-    "audio_pad": 151678,
-    "image_start": 151679,
-    "image_end": 151680,
-    "image_pad": 151681,
-    "video_start": 151695,
-    "video_end": 151696,
-    "video_pad": 151694,
-    "audiogen_start": 151700,
-    "audiogen_end": 151701,
-    "audiotext_start": 151697,
-    "audiotext_end": 151698,
-    "audiogen_pad": 151702,  # a generated speech frame: the release names none, so the first free id after its own
-}
+def released_special_token_ids(path: Path = RELEASED_CONFIG) -> dict[str, int]:
+    """Special-token ids of the released model, read from its packaged ``config.json``, by our names.
+
+    The release names no id for a generated speech frame (``audiogen_pad``): it takes the first id
+    after the release's own multimodal tokens.
+    """
+    released = json.loads(path.read_text(encoding="utf-8"))
+    ids = {name: int(released[section][key]) for name, (section, key) in RELEASED_TOKEN_KEYS.items()}
+    ids["audiogen_pad"] = max(released["multimodal_special_token_list"]) + 1
+    return ids
 
 
 def _baichuan_omni_7b() -> OmniConfig:
     return OmniConfig(
         vision=VisionConfig(),
         audio=AudioConfig(),
-        text=TextConfig(),
+        # Qwen2.5's own ids: <|endoftext|> pads, <|im_end|> ends a turn (the release's bos 1 / eos 2
+        # are "\"" and "#" in this vocabulary). Stop tokens come from the tokenizer at run time.
+        text=TextConfig(bos_token_id=None, eos_token_id=151_645, pad_token_id=151_643),
         speech=SpeechConfig(),
-        special_token_ids=dict(RELEASED_SPECIAL_TOKEN_IDS),
-        base_vocab_size=151_643,
+        special_token_ids=released_special_token_ids(),
+        base_vocab_size=151_665,  # Qwen2.5's tokenizer: 151,643 tokens and 22 specials
         preset="baichuan-omni-1.5-7b",
     )
 

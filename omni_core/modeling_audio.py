@@ -9,6 +9,7 @@ convolutions back to the mel rate) is written here: no library has this one.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,8 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from vector_quantize_pytorch import ResidualVQ
 
 from omni_core.configuration_omni import AudioConfig
+from omni_core.loading import empty_weights
+from omni_core.modeling_layers import Transformer
 
 
 def log_mel(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
@@ -57,20 +60,14 @@ class AudioTokenizerOutput:
 
 
 class MelDecoder(nn.Module):
-    """Quantized tokens (12.5 Hz) back to mel frames (100 Hz): transformer, then 3 stride-2 upsamplings."""
+    """Quantized tokens (12.5 Hz) back to mel frames (100 Hz): rotary transformer, then 3 stride-2
+    transposed convolutions, so the 8 mel frames under one token each get their own output."""
 
     def __init__(self, config: AudioConfig) -> None:
         super().__init__()
-        layer = nn.TransformerEncoderLayer(
-            config.d_model,
-            config.decoder_attention_heads,
-            config.decoder_ffn_dim,
-            dropout=0.0,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
+        self.transformer = Transformer(
+            config.d_model, config.decoder_attention_heads, config.decoder_ffn_dim, config.decoder_layers
         )
-        self.transformer = nn.TransformerEncoder(layer, config.decoder_layers, enable_nested_tensor=False)
         upsamplings = (config.avg_pooler * 2).bit_length() - 1  # 8x = pooling 4 x encoder stride 2
         self.upsample = nn.ModuleList(
             nn.ConvTranspose1d(config.d_model, config.d_model, kernel_size=4, stride=2, padding=1)
@@ -78,9 +75,10 @@ class MelDecoder(nn.Module):
         )
         self.to_mel = nn.Linear(config.d_model, config.num_mel_bins)
 
-    def forward(self, quantized: torch.Tensor) -> torch.Tensor:
-        """Args: quantized (B, T, d). Returns: mel (B, num_mel_bins, T * 8)."""
-        hidden = self.transformer(quantized).transpose(1, 2)  # (B, d, T)
+    def forward(self, quantized: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Args: quantized (B, T, d); padding_mask (B, T) True at real tokens.
+        Returns: mel (B, num_mel_bins, T * 8)."""
+        hidden = self.transformer(quantized, padding_mask).transpose(1, 2)  # (B, d, T)
         for layer in self.upsample:
             hidden = F.gelu(layer(hidden))
         return self.to_mel(hidden.transpose(1, 2)).transpose(1, 2)
@@ -109,11 +107,12 @@ def whisper_config(config: AudioConfig) -> WhisperConfig:
 class AudioTokenizer(nn.Module):
     """Audio to discrete codes at 12.5 Hz, and (for training) back to mel."""
 
-    def __init__(self, config: AudioConfig) -> None:
+    def __init__(self, config: AudioConfig, *, empty_encoder: bool = False) -> None:
+        """``empty_encoder``: the Whisper encoder's parameters on the meta device, to be loaded."""
         super().__init__()
         self.config = config
-        self.encoder = WhisperEncoder(whisper_config(config))
-        self.pool = nn.AvgPool1d(config.avg_pooler, stride=config.avg_pooler, ceil_mode=True)
+        with empty_weights() if empty_encoder else nullcontext():
+            self.encoder = WhisperEncoder(whisper_config(config))
         self.rvq = ResidualVQ(
             dim=config.d_model,
             codebook_size=config.codebook_sizes,
@@ -124,46 +123,87 @@ class AudioTokenizer(nn.Module):
         )
         self.decoder = MelDecoder(config)
 
-    def _pad(self, mel: torch.Tensor) -> torch.Tensor:
-        target = 2 * self.config.max_source_positions  # the encoder takes exactly one window
-        if mel.shape[-1] > target:
-            raise ValueError(f"audio longer than {self.config.max_audio_seconds} s; split it into windows")
-        return F.pad(mel, (0, target - mel.shape[-1]))
-
     def forward(
         self, mel: torch.Tensor, mel_frames: torch.Tensor | None = None, reconstruct: bool = False
     ) -> AudioTokenizerOutput:
-        """Tokenize log-mel features.
+        """Tokenize log-mel features at their own length (never padded to Whisper's 30 s window).
+
+        transformers' ``WhisperEncoder.forward`` insists on a full window, so a 3 s question would
+        pay for 30 s: Whisper's layers are run here directly, its positions sliced to the input (as
+        Qwen2-Audio does). Each clip is padded with its own log-mel of silence, as Whisper saw in
+        training, to whole tokens (8 mel frames) plus one frame for the convolution's look-ahead;
+        in a batch, attention and pooling never reach past a clip's own frames, so a clip gets the
+        same codes alone or batched.
 
         Args:
-            mel: (B, num_mel_bins, frames), frames <= 100 * max_audio_seconds.
-            mel_frames: (B,) real frames per item (for the reconstruction loss); None means all.
+            mel: (B, num_mel_bins, frames), frames <= 100 * max_audio_seconds (``pad_mels`` builds
+                a batch of clips of different lengths).
+            mel_frames: (B,) real frames per clip; None means all.
             reconstruct: also decode mel and return the L1 reconstruction loss.
 
         Returns:
-            AudioTokenizerOutput with codes (B, T, L) for T = tokens_for_frames(frames).
+            AudioTokenizerOutput with codes (B, T, L), T = tokens_for_frames(frames); codes past a
+            clip's own tokens are -1.
         """
-        frames = mel.shape[-1]
-        hidden = self.encoder(self._pad(mel).to(self.encoder.dtype)).last_hidden_state  # (B, 1500, d)
+        batch, _, frames = mel.shape
+        if frames > 2 * self.config.max_source_positions:
+            raise ValueError(f"audio longer than {self.config.max_audio_seconds} s; split it into windows")
+        lengths = (
+            torch.as_tensor(mel_frames, device=mel.device)
+            if mel_frames is not None
+            else torch.full((batch,), frames, device=mel.device)
+        )
+        per_token = 2 * self.config.avg_pooler  # mel frames under one token
         tokens = tokens_for_frames(frames, self.config)
-        pooled = self.pool(hidden.transpose(1, 2)).transpose(1, 2)[:, :tokens]  # (B, T, d)
-        quantized, codes, commit = self.rvq(pooled)
+        token_lengths = (lengths + per_token - 1) // per_token  # (B,)
+        token_mask = torch.arange(tokens, device=mel.device)[None] < token_lengths[:, None]  # (B, T)
+        real = torch.arange(frames, device=mel.device)[None] < lengths[:, None]  # (B, F)
+        level = torch.where(real[:, None], mel, float("-inf")).amax(dim=(1, 2)).sub(2).clamp_min(-1.5)  # silence
+        padded = torch.cat([mel, mel.new_zeros(batch, mel.shape[1], tokens * per_token + 1 - frames)], dim=-1)
+        within = torch.arange(padded.shape[-1], device=mel.device)[None] < lengths[:, None]
+        padded = torch.where(within[:, None], padded, level[:, None, None].to(padded.dtype))
+        hidden = self._encode(padded, token_mask.repeat_interleave(self.config.avg_pooler, dim=1))
+        pooled = hidden.unflatten(1, (tokens, self.config.avg_pooler)).mean(dim=2)  # (B, T, d)
+        quantized, codes, commit = self.rvq(pooled, mask=None if mel_frames is None else token_mask)
         output = AudioTokenizerOutput(codes=codes, quantized=quantized, commit_loss=commit.sum())
         if reconstruct:
-            reconstructed = self.decoder(quantized)[..., :frames]
-            target = mel[..., : reconstructed.shape[-1]]
-            if mel_frames is not None:
-                mask = (torch.arange(target.shape[-1], device=mel.device)[None] < mel_frames[:, None]).unsqueeze(1)
-                output.mel_loss = (reconstructed - target).abs().mul(mask).sum() / (mask.sum() * target.shape[1])
-            else:
-                output.mel_loss = F.l1_loss(reconstructed, target)
+            reconstructed = self.decoder(quantized, token_mask)[..., :frames]
+            target = mel.to(reconstructed.dtype)
+            weights = real[:, None].to(reconstructed.dtype)
+            output.mel_loss = ((reconstructed - target).abs() * weights).sum() / (weights.sum() * target.shape[1])
             output.reconstructed_mel = reconstructed
         return output
 
+    def _encode(self, mel: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """Whisper's encoder on (B, num_mel_bins, 2 * E + 1) -> (B, E, d), attending to ``frame_mask`` (B, E)."""
+        encoder = self.encoder
+        hidden = F.gelu(encoder.conv1(mel.to(encoder.conv1.weight.dtype)))
+        hidden = F.gelu(encoder.conv2(hidden)).transpose(1, 2)[:, : frame_mask.shape[1]]  # (B, E, d)
+        hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+        attention_mask = None
+        if not bool(frame_mask.all()):
+            blocked = torch.finfo(hidden.dtype).min
+            attention_mask = torch.zeros(frame_mask.shape, dtype=hidden.dtype, device=hidden.device)
+            attention_mask = attention_mask.masked_fill(~frame_mask, blocked)[:, None, None, :]  # (B, 1, 1, E)
+        for layer in encoder.layers:
+            hidden = layer(hidden, attention_mask)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return encoder.layer_norm(hidden)
+
     @torch.no_grad()
-    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+    def encode(self, mel: torch.Tensor, mel_frames: torch.Tensor | None = None) -> torch.Tensor:
         """(B, num_mel_bins, frames) -> codes (B, T, L)."""
-        return self.forward(mel).codes
+        return self.forward(mel, mel_frames).codes
+
+
+def pad_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips of (num_mel_bins, frames) into one batch (B, num_mel_bins, longest) and their frames (B,).
+
+    The padding's value does not matter: the tokenizer replaces it with each clip's silence.
+    """
+    longest = max(mel.shape[-1] for mel in mels)
+    batch = torch.stack([F.pad(mel, (0, longest - mel.shape[-1])) for mel in mels])
+    return batch, torch.tensor([mel.shape[-1] for mel in mels], device=batch.device)
 
 
 class AudioEmbedding(nn.Module):

@@ -6,7 +6,8 @@
   code embeddings into mel-rate conditions, a transformer estimator predicts the velocity field,
   Euler steps with classifier-free guidance integrate noise into mel.
 - The vocoder is transformers' ``SpeechT5HifiGan`` (mel -> waveform).
-None of the first two exists in a library in this form: they are written here, small and plain.
+None of the first two exists in a library in this form: they are written here, small and plain, on
+the rotary transformer of ``modeling_layers``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,7 @@ from torch import nn
 from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
 from omni_core.configuration_omni import AudioConfig, SpeechConfig
-
-
-def _encoder(d_model: int, heads: int, ffn: int, layers: int) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(
-        d_model, heads, ffn, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-    )
-    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+from omni_core.modeling_layers import Transformer
 
 
 class AudioHead(nn.Module):
@@ -38,8 +33,7 @@ class AudioHead(nn.Module):
         self.codebook_sizes = audio.codebook_sizes
         self.from_llm = nn.Linear(llm_hidden_size, width)
         self.code_embeddings = nn.ModuleList(nn.Embedding(size, width) for size in audio.codebook_sizes[:-1])
-        self.position = nn.Parameter(torch.zeros(len(audio.codebook_sizes), width))
-        self.transformer = _encoder(width, speech.head_heads, 4 * width, speech.head_layers)
+        self.transformer = Transformer(width, speech.head_heads, 4 * width, speech.head_layers)
         self.heads = nn.ModuleList(nn.Linear(width, size) for size in audio.codebook_sizes)
 
     def _inputs(self, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -56,15 +50,13 @@ class AudioHead(nn.Module):
         Returns:
             L tensors (N, codebook_size_l).
         """
-        inputs = self._inputs(hidden, codes[:, :-1]) + self.position
-        mask = nn.Transformer.generate_square_subsequent_mask(inputs.shape[1], device=inputs.device)
-        states = self.transformer(inputs, mask=mask, is_causal=True)
+        states = self.transformer(self._inputs(hidden, codes[:, :-1]), causal=True)  # (N, L, width)
         return [head(states[:, i]) for i, head in enumerate(self.heads)]
 
     def loss(self, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        return sum(F.cross_entropy(logits, codes[:, i]) for i, logits in enumerate(self.logits(hidden, codes))) / len(
-            self.heads
-        )  # type: ignore[return-value]
+        """Cross-entropy of the L codes of each frame, averaged over the L codebooks."""
+        losses = [F.cross_entropy(logits.float(), codes[:, i]) for i, logits in enumerate(self.logits(hidden, codes))]
+        return torch.stack(losses).mean()
 
     @torch.no_grad()
     def generate(
@@ -72,10 +64,9 @@ class AudioHead(nn.Module):
     ) -> torch.Tensor:
         """(N, llm_hidden) -> codes (N, L), greedy when temperature is 0."""
         codes = torch.zeros(hidden.shape[0], 0, dtype=torch.long, device=hidden.device)
-        for index, head in enumerate(self.heads):
-            inputs = self._inputs(hidden, codes) + self.position[: index + 1]
-            mask = nn.Transformer.generate_square_subsequent_mask(inputs.shape[1], device=inputs.device)
-            logits = head(self.transformer(inputs, mask=mask, is_causal=True)[:, -1])
+        for head in self.heads:
+            state = self.transformer(self._inputs(hidden, codes), causal=True)[:, -1]
+            logits = head(state).float()
             if temperature > 0:
                 choice = torch.multinomial(F.softmax(logits / temperature, -1), 1, generator=generator)
             else:
@@ -87,12 +78,22 @@ class AudioHead(nn.Module):
 def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     half = dim // 2
     frequencies = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device) / half)
-    angles = t[:, None] * 1000 * frequencies[None]
+    angles = t.float()[:, None] * 1000 * frequencies[None]
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def frame_mask(lengths: torch.Tensor, total: int) -> torch.Tensor:
+    """(B,) lengths -> (B, total) True at real frames."""
+    return torch.arange(total, device=lengths.device)[None] < lengths[:, None]
+
+
 class FlowMatchingDecoder(nn.Module):
-    """Codes -> mel by conditional flow matching (sigma_min 1e-6, cosine time, CFG at inference)."""
+    """Codes -> mel by conditional flow matching (sigma_min 1e-6, cosine time, CFG at inference).
+
+    Each 12.5 Hz code becomes ``upsample`` mel-rate frames, told apart by a learned phase embedding
+    (which of the frames under one code it is); the prenet and the velocity network then see rotary
+    positions, so the order of frames matters and neighbouring codes shape each frame.
+    """
 
     sigma_min = 1e-6
 
@@ -101,44 +102,76 @@ class FlowMatchingDecoder(nn.Module):
         self.speech = speech
         width = speech.flow_d_model
         self.code_embeddings = nn.ModuleList(nn.Embedding(size, width) for size in audio.codebook_sizes)
-        self.prenet = _encoder(width, speech.flow_heads, speech.flow_ffn_dim, max(1, speech.flow_layers // 2))
         self.upsample = round(speech.sampling_rate / speech.hop_length / audio.frame_rate)  # tokens -> mel frames
+        self.phase = nn.Embedding(self.upsample, width)
+        self.prenet = Transformer(width, speech.flow_heads, speech.flow_ffn_dim, max(1, speech.flow_layers // 2))
         self.to_condition = nn.Linear(width, speech.mel_bins)
         self.in_proj = nn.Linear(2 * speech.mel_bins, width)
         self.time = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.estimator = _encoder(width, speech.flow_heads, speech.flow_ffn_dim, speech.flow_layers)
+        self.estimator = Transformer(width, speech.flow_heads, speech.flow_ffn_dim, speech.flow_layers)
         self.out_proj = nn.Linear(width, speech.mel_bins)
 
-    def condition(self, codes: torch.Tensor) -> torch.Tensor:
-        """(B, T, L) codes -> (B, T * upsample, mel_bins) conditions (the prenet's mel estimate)."""
-        embedded = sum(emb(codes[..., i]) for i, emb in enumerate(self.code_embeddings))
-        hidden = self.prenet(embedded).repeat_interleave(self.upsample, dim=1)  # type: ignore[arg-type]
-        return self.to_condition(hidden)
+    def condition(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, L) codes -> (B, T * upsample, mel_bins) conditions (the prenet's mel estimate).
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """Args: x (B, F, mel) noisy mel, t (B,), condition (B, F, mel). Returns (B, F, mel)."""
+        ``padding_mask`` (B, T * upsample) marks real mel frames when spans of different lengths
+        share a batch.
+        """
+        embedded = sum(emb(codes[..., i]) for i, emb in enumerate(self.code_embeddings))  # (B, T, width)
+        hidden = embedded.repeat_interleave(self.upsample, dim=1)  # type: ignore[union-attr]
+        phase = torch.arange(hidden.shape[1], device=hidden.device) % self.upsample
+        hidden = hidden + self.phase(phase)[None]
+        return self.to_condition(self.prenet(hidden, padding_mask))
+
+    def velocity(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        condition: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Args: x (B, F, mel) noisy mel, t (B,), condition (B, F, mel), padding_mask (B, F).
+        Returns (B, F, mel)."""
         hidden = self.in_proj(torch.cat([x, condition], dim=-1))
-        hidden = hidden + self.time(_timestep_embedding(t, hidden.shape[-1]))[:, None]
-        return self.out_proj(self.estimator(hidden))
+        hidden = hidden + self.time(_timestep_embedding(t, hidden.shape[-1]).to(hidden.dtype))[:, None]
+        return self.out_proj(self.estimator(hidden, padding_mask))
 
-    def loss(self, codes: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-        """Flow-matching loss plus the prenet's L1, for target mel (B, F, mel_bins) of F = T * upsample."""
-        condition = self.condition(codes)[:, : mel.shape[1]]
+    def loss(
+        self, codes: torch.Tensor, mel: torch.Tensor, mel_lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flow-matching loss and the prenet's L1 loss on target mel.
+
+        Args:
+            codes: (B, T, L) speech codes (padded when spans differ in length).
+            mel: (B, F, mel_bins) target mel, F <= T * upsample.
+            mel_lengths: (B,) real mel frames per item; None means all F.
+
+        Returns:
+            (flow loss: MSE of the velocity field, prenet loss: L1 of the condition against mel).
+        """
+        frames = mel.shape[1]
+        lengths = mel_lengths if mel_lengths is not None else torch.full((mel.shape[0],), frames, device=mel.device)
+        mask = frame_mask(lengths, frames)  # (B, F)
+        condition = self.condition(codes, F.pad(mask, (0, codes.shape[1] * self.upsample - frames)))[:, :frames]
+        weights = mask[..., None].to(mel.dtype)
+        denominator = weights.sum() * mel.shape[-1]
+        prenet = ((condition - mel).abs() * weights).sum() / denominator
+        guide = condition
         if self.training and self.speech.training_cfg_rate > 0:  # learn the unconditional field too
             keep = (torch.rand(mel.shape[0], 1, 1, device=mel.device) >= self.speech.training_cfg_rate).to(mel.dtype)
-            condition = condition * keep
+            guide = condition * keep
         t = 1 - torch.cos(torch.rand(mel.shape[0], device=mel.device) * math.pi / 2)  # cosine schedule
         noise = torch.randn_like(mel)
         x_t = (1 - (1 - self.sigma_min) * t[:, None, None]) * noise + t[:, None, None] * mel
         target = mel - (1 - self.sigma_min) * noise
-        flow = F.mse_loss(self.velocity(x_t, t, condition), target)
-        return flow + F.l1_loss(self.condition(codes)[:, : mel.shape[1]], mel)
+        flow = ((self.velocity(x_t, t, guide, mask) - target).pow(2) * weights).sum() / denominator
+        return flow, prenet
 
     @torch.no_grad()
     def sample(self, codes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Euler integration with classifier-free guidance: codes (B, T, L) -> mel (B, T * upsample, mel)."""
         condition = self.condition(codes)
-        x = torch.randn(condition.shape, generator=generator, device=condition.device, dtype=condition.dtype)
+        x = torch.randn(condition.shape, generator=generator, device=condition.device).to(condition.dtype)
         steps = self.speech.flow_steps
         times = 1 - torch.cos(torch.linspace(0, 1, steps + 1, device=x.device) * math.pi / 2)
         for start, end in itertools.pairwise(times):
@@ -147,7 +180,7 @@ class FlowMatchingDecoder(nn.Module):
             if self.speech.cfg_rate > 0:
                 free = self.velocity(x, t, torch.zeros_like(condition))
                 guided = (1 + self.speech.cfg_rate) * guided - self.speech.cfg_rate * free
-            x = x + (end - start) * guided
+            x = x + (end - start).to(x.dtype) * guided
         return x
 
 

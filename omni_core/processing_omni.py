@@ -1,13 +1,15 @@
 """Processor: chat messages with images, series, audio and speech to model inputs, and back.
 
 It takes what ``medical_data`` produces (MetaTensors ``(C, D, H, W)`` in [0, 1] with header facts,
-16 kHz mono float32 audio, note text) and a tokenizer (any object with ``encode(text) -> ids`` and
-``decode(ids) -> text``, e.g. a Hugging Face tokenizer). The chat template is ChatML:
+16 kHz mono float32 audio, note text) and the backbone's tokenizer (a transformers tokenizer, or any
+object with ``encode``, ``decode`` and ``convert_tokens_to_ids``). The chat template is ChatML:
 
     <|im_start|>user\n[CT | CHEST | lung window] <image_start><image_pad>...<image_end> question<|im_end|>\n
     <|im_start|>assistant\n answer <audiogen_start><audiogen_pad>...<audiogen_end><|im_end|>\n
 
-Special tokens are inserted by id, never parsed out of user text.
+Control tokens (the template's and the model's) are inserted by id and never parsed out of text:
+questions, transcripts, notes and DICOM header facts are encoded with special tokens split, and a
+tokenizer that still returns a control id is refused, so no user can write the assistant's turn.
 """
 
 from __future__ import annotations
@@ -24,17 +26,28 @@ from omni_core.configuration_omni import OmniConfig
 from omni_core.modeling_audio import log_mel, tokens_for_frames
 from omni_core.modeling_omni import DecodingOptions, OmniForConditionalGeneration
 from omni_core.modeling_vision import patchify
+from omni_core.speech.normalize import split_sentences
 
 IGNORE = -100
-SENTENCE_ENDS = (".", "!", "?", ";", "\n")
 CROSSFADE_S = 0.01
 DEFAULT_DECODING = DecodingOptions()
+CHAT_START, CHAT_END = "<|im_start|>", "<|im_end|>"
 
 
 class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+    def convert_tokens_to_ids(self, token: str) -> int | None: ...
+
+
+class ControlTokenInText(ValueError):
+    """The tokenizer turned text into a control token (it would let text steer the conversation)."""
+
+
+class InputTooLong(ValueError):
+    """The inputs need more tokens than the backbone's context holds."""
 
 
 @dataclass
@@ -44,7 +57,16 @@ class Part:
     kind: Literal["text", "image", "audio", "speech"]
     value: Any
     """text: str; image: (C, D, H, W) or (C, H, W) tensor in [0, 1] (a MetaTensor keeps its facts);
-    audio: 16 kHz mono float32 array; speech: (K, L) RVQ codes of an answer spoken aloud."""
+    audio: 16 kHz mono float32 array; speech: (K, L) RVQ codes of an answer spoken aloud, or
+    ``SpeechTarget`` (codes with the mel they should sound like, for the flow loss)."""
+
+
+@dataclass
+class SpeechTarget:
+    codes: torch.Tensor
+    """(K, L) RVQ codes."""
+    mel: torch.Tensor | None = None
+    """(frames, speech mel_bins) target mel at the speech decoder's rate."""
 
 
 @dataclass
@@ -55,6 +77,8 @@ class Message:
 
 @dataclass
 class ModelInputs:
+    """One conversation (B = 1) or a collated batch of them."""
+
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
@@ -62,12 +86,27 @@ class ModelInputs:
     image_grid_thw: torch.Tensor | None = None
     audio_mel: list[torch.Tensor] = field(default_factory=list)
     speech_codes: torch.Tensor | None = None
+    speech_lengths: list[int] = field(default_factory=list)
+    speech_mel: list[torch.Tensor] = field(default_factory=list)
+    """One target per speech span, or empty when no span has one."""
 
     def model_kwargs(self) -> dict[str, Any]:
+        """The inputs generation needs beside ``input_ids``."""
         return {
             "pixel_patches": self.pixel_patches,
             "image_grid_thw": self.image_grid_thw,
             "audio_mel": self.audio_mel or None,
+        }
+
+    def forward_kwargs(self) -> dict[str, Any]:
+        """Everything ``OmniForConditionalGeneration.forward`` takes, targets included."""
+        return self.model_kwargs() | {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "labels": self.labels,
+            "speech_codes": self.speech_codes,
+            "speech_lengths": self.speech_lengths or None,
+            "speech_mel": self.speech_mel or None,
         }
 
 
@@ -98,118 +137,165 @@ class OmniProcessor:
         self.config = config
         self.tokenizer = tokenizer
         self.ids = config.special_token_ids
-        self._sentence_end_ids: frozenset[int] | None = None
+        self.chat_start, self.chat_end = self._chat_token(CHAT_START), self._chat_token(CHAT_END)
+        self.control_ids = frozenset({*self.ids.values(), self.chat_start, self.chat_end, *_special_ids(tokenizer)})
 
-    def sentence_end_ids(self) -> frozenset[int]:
-        """Token ids whose text ends a sentence (found once by decoding the vocabulary)."""
-        if self._sentence_end_ids is None:
-            vocabulary = self.config.base_vocab_size or self.config.text.vocab_size
-            self._sentence_end_ids = frozenset(
-                i for i in range(vocabulary) if self.tokenizer.decode([i]).rstrip().endswith((".", "!", "?"))
-            )
-        return self._sentence_end_ids
+    def _chat_token(self, token: str) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        unknown = getattr(self.tokenizer, "unk_token_id", None)
+        if token_id is None or (token_id == unknown and unknown is not None):
+            raise ValueError(f"the tokenizer has no {token} token: the ChatML template needs it")
+        return int(token_id)
 
-    def _text(self, text: str) -> list[int]:
-        ids = list(self.tokenizer.encode(text))
-        base = self.config.base_vocab_size or self.config.text.vocab_size
-        if any(i >= base for i in ids):
+    # -- text -------------------------------------------------------------------------------------
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of plain text; a special-token string in it stays text."""
+        if hasattr(self.tokenizer, "all_special_ids") and callable(self.tokenizer):  # a transformers tokenizer
+            ids = list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        else:
+            ids = list(self.tokenizer.encode(text))
+        if self.control_ids.intersection(ids):
+            raise ControlTokenInText("the tokenizer turned text into control tokens; it must split special tokens")
+        if any(not 0 <= i < self.config.text.vocab_size for i in ids):
             raise ValueError("the tokenizer produced ids beyond the text backbone's vocabulary")
         return ids
 
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """What ends an answer: the end of a ChatML turn and the tokenizer's own end of sequence."""
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        return tuple(sorted({self.chat_end, *([int(eos)] if eos is not None else [])}))
+
+    def sentence_boundary(self, spoken: Sequence[int], next_id: int) -> bool:
+        """Did a sentence end before ``next_id``? Decided on decoded text by the speech engines'
+        sentence splitter, so "3.2 cm", "e.g." and "Dr." do not end one."""
+        before = self.tokenizer.decode(list(spoken))
+        if not before.strip():
+            return False
+        after = self.tokenizer.decode([*spoken, next_id])
+        return len(split_sentences(after)) > len(split_sentences(before))
+
+    # -- images -----------------------------------------------------------------------------------
     def _image(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        from medical_data.transforms import native_resolution_size
+
+        vision = self.config.vision
         plain = image.as_tensor() if hasattr(image, "as_tensor") else image  # a MetaTensor's meta stays here
         pixels = torch.as_tensor(plain, dtype=torch.float32)
         if pixels.dim() == 3:
             pixels = pixels[:, None]  # (C, 1, H, W)
         channels, depth, height, width = pixels.shape
+        if depth > vision.max_frames:  # sample first: only the frames kept are resized
+            pixels = pixels[:, torch.linspace(0, depth - 1, vision.max_frames).round().long()]
+            depth = vision.max_frames
+        size = native_resolution_size(
+            height, width, factor=vision.merge_factor, min_pixels=vision.min_pixels, max_pixels=vision.max_pixels
+        )
+        per_frame = (size[0] // vision.merge_factor) * (size[1] // vision.merge_factor)
+        tokens = -(-depth // vision.temporal_patch_size) * per_frame
+        context = self.config.text.max_position_embeddings
+        if tokens > context:
+            raise InputTooLong(f"an image or series needs {tokens} tokens; the model's context holds {context}")
         if channels == 1:
             pixels = pixels.expand(3, depth, height, width)
-        factor = self.config.vision.merge_factor
-        if height % factor or width % factor or height * width > self.config.vision.max_pixels:
-            from medical_data.transforms import native_resolution_size
-
-            size = native_resolution_size(
-                height,
-                width,
-                factor=factor,
-                min_pixels=self.config.vision.min_pixels,
-                max_pixels=self.config.vision.max_pixels,
-            )
+        if size != (height, width):
             pixels = torch.nn.functional.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
-        if depth > self.config.vision.max_frames:
-            pixels = pixels[:, torch.linspace(0, depth - 1, self.config.vision.max_frames).round().long()]
-        mean = torch.tensor(self.config.vision.image_mean)[:, None, None, None]
-        std = torch.tensor(self.config.vision.image_std)[:, None, None, None]
+        mean = torch.tensor(vision.image_mean)[:, None, None, None]
+        std = torch.tensor(vision.image_std)[:, None, None, None]
         frames = ((pixels - mean) / std).permute(1, 0, 2, 3)  # (D, 3, H, W)
-        return patchify(frames, self.config.vision)
+        return patchify(frames, vision)
 
+    # -- conversations ----------------------------------------------------------------------------
     def __call__(self, messages: Sequence[Message], *, add_generation_prompt: bool = False) -> ModelInputs:
-        """Build inputs; labels cover the assistant's turns only (text and speech end markers)."""
-        ids, labels = [], []
-        patches, grids, mels, speech = [], [], [], []
-        start, end, newline = self._text("<|im_start|>"), self._text("<|im_end|>"), self._text("\n")
+        """Build inputs; labels cover the assistant's turns only.
+
+        In an assistant turn every token is a target, speech frames included: the target after each
+        frame is ``audiogen_pad`` while the span goes on and ``audiogen_end`` where it stops, so a
+        model learns the length of what it says. Image and input-audio placeholders are never targets.
+        """
+        ids: list[int] = []
+        labels: list[int] = []
+        collected: dict[str, list[Any]] = {"patches": [], "grids": [], "mels": [], "speech": [], "speech_mel": []}
+        newline = self.encode_text("\n")
         for message in messages:
             trained = message.role == "assistant"
-            turn = start + self._text(message.role) + newline
+            turn = [self.chat_start, *self.encode_text(message.role), *newline]
             turn_labels = [IGNORE] * len(turn)
             for part in message.parts:
-                pieces = self._part(part, patches, grids, mels, speech)
+                pieces = self._part(part, collected)
                 turn += pieces
                 turn_labels += pieces if trained else [IGNORE] * len(pieces)
-            turn += end + newline
-            turn_labels += (end + newline) if trained else [IGNORE] * len(end + newline)
+            closing = [self.chat_end, *newline]
+            turn += closing
+            turn_labels += closing if trained else [IGNORE] * len(closing)
             ids += turn
             labels += turn_labels
         if add_generation_prompt:
-            prompt = start + self._text("assistant") + newline
+            prompt = [self.chat_start, *self.encode_text("assistant"), *newline]
             ids += prompt
             labels += [IGNORE] * len(prompt)
-        labels = [
-            IGNORE
-            if t in (self.ids["audiogen_pad"], self.ids["image_pad"], self.ids["audio_pad"], self.ids["video_pad"])
-            else t
-            for t in labels
-        ]
+        context = self.config.text.max_position_embeddings
+        if len(ids) > context:
+            raise InputTooLong(f"the conversation needs {len(ids)} tokens; the model's context holds {context}")
+        inputs_only = {self.ids[name] for name in ("image_pad", "video_pad", "audio_pad")}
+        labels = [IGNORE if t in inputs_only else t for t in labels]
+        speech_mel = collected["speech_mel"]
+        if any(mel is None for mel in speech_mel):
+            speech_mel = []  # a flow target for some spans only is no target
         tensor = torch.tensor([ids])
         return ModelInputs(
             input_ids=tensor,
             attention_mask=torch.ones_like(tensor),
             labels=torch.tensor([labels]),
-            pixel_patches=torch.cat(patches) if patches else None,
-            image_grid_thw=torch.tensor(grids) if grids else None,
-            audio_mel=mels,
-            speech_codes=torch.cat(speech) if speech else None,
+            pixel_patches=torch.cat(collected["patches"]) if collected["patches"] else None,
+            image_grid_thw=torch.tensor(collected["grids"]) if collected["grids"] else None,
+            audio_mel=collected["mels"],
+            speech_codes=torch.cat(collected["speech"]) if collected["speech"] else None,
+            speech_lengths=[codes.shape[0] for codes in collected["speech"]],
+            speech_mel=speech_mel,
         )
 
-    def _part(self, part: Part, patches: list, grids: list, mels: list, speech: list) -> list[int]:  # type: ignore[type-arg]
+    def _part(self, part: Part, collected: dict[str, list[Any]]) -> list[int]:
         ids = self.ids
         if part.kind == "text":
-            return self._text(str(part.value))
+            return self.encode_text(str(part.value))
         if part.kind == "image":
             patch_rows, grid = self._image(part.value)
-            patches.append(patch_rows)
-            grids.append(grid)
+            collected["patches"].append(patch_rows)
+            collected["grids"].append(grid)
             tokens = grid[0] * grid[1] * grid[2] // self.config.vision.spatial_merge_size**2
             pad = ids["video_pad"] if grid[0] > 1 else ids["image_pad"]
             opening, closing = ("video_start", "video_end") if grid[0] > 1 else ("image_start", "image_end")
-            return self._text(image_facts(part.value)) + [ids[opening]] + [pad] * tokens + [ids[closing]]
+            return self.encode_text(image_facts(part.value)) + [ids[opening]] + [pad] * tokens + [ids[closing]]
         if part.kind == "audio":
             samples = np.asarray(part.value, dtype=np.float32)
             limit = self.config.audio.max_audio_seconds
             if len(samples) > limit * self.config.audio.sampling_rate:
                 raise ValueError(f"an audio part is longer than {limit} s, the audio tokenizer's window: split it")
             mel = torch.from_numpy(log_mel(samples, self.config.audio))
-            mels.append(mel)
-            return (
-                [ids["audio_start"]]
-                + [ids["audio_pad"]] * tokens_for_frames(mel.shape[-1], self.config.audio)
-                + [ids["audio_end"]]
-            )
+            collected["mels"].append(mel)
+            tokens = tokens_for_frames(mel.shape[-1], self.config.audio)
+            return [ids["audio_start"]] + [ids["audio_pad"]] * tokens + [ids["audio_end"]]
         if part.kind == "speech":
-            codes = torch.as_tensor(part.value, dtype=torch.long)
-            speech.append(codes)
+            target = part.value if isinstance(part.value, SpeechTarget) else SpeechTarget(part.value)
+            codes = torch.as_tensor(target.codes, dtype=torch.long)
+            if codes.dim() != 2 or codes.shape[1] != self.config.audio.num_quantizers or not len(codes):
+                raise ValueError(f"speech codes must be (frames >= 1, {self.config.audio.num_quantizers})")
+            collected["speech"].append(codes)
+            collected["speech_mel"].append(None if target.mel is None else torch.as_tensor(target.mel).float())
             return [ids["audiogen_start"]] + [ids["audiogen_pad"]] * codes.shape[0] + [ids["audiogen_end"]]
         raise ValueError(f"unknown part kind {part.kind!r}")
+
+    # -- answers ----------------------------------------------------------------------------------
+    def decoding_options(
+        self, options: DecodingOptions = DEFAULT_DECODING, *, speak_sentences: bool = True
+    ) -> DecodingOptions:
+        """``options`` with this tokenizer's stop tokens and, for ``speak_sentences``, its sentence ends."""
+        return dataclasses.replace(
+            options,
+            stop_token_ids=tuple(sorted({*options.stop_token_ids, *self.stop_token_ids()})),
+            sentence_boundary=options.sentence_boundary
+            or (self.sentence_boundary if speak_sentences and options.speech else None),
+        )
 
     def stream(
         self,
@@ -227,27 +313,27 @@ class OmniProcessor:
         every ``audio_chunk_frames`` frames and at the end of a span; consecutive chunks are
         cross-faded over 10 ms.
         """
-        if speak_sentences and options.speech and not options.sentence_end_ids:
-            options = dataclasses.replace(options, sentence_end_ids=self.sentence_end_ids())
+        options = self.decoding_options(options, speak_sentences=speak_sentences)
         inputs = self(messages, add_generation_prompt=True)
         text_ids: list[int] = []
         shown = ""
         frames: list[torch.Tensor] = []
         tail: np.ndarray | None = None
-        specials = set(self.ids.values())
+        skipped = self.control_ids | {self.config.text.eos_token_id}
+        rate = self.config.speech.sampling_rate
         for step in model.stream(inputs.input_ids, options=options, **inputs.model_kwargs()):
             if step.audio_codes is not None:
                 frames.append(step.audio_codes)
                 if len(frames) >= audio_chunk_frames:
                     audio, tail = self._vocode(model, frames, tail)
                     frames = []
-                    yield StreamEvent(audio=audio, sample_rate=self.config.speech.sampling_rate)
+                    yield StreamEvent(audio=audio, sample_rate=rate)
                 continue
             if step.token_id == self.ids["audiogen_end"] and frames:
                 audio, tail = self._vocode(model, frames, tail)
                 frames = []
-                yield StreamEvent(audio=audio, sample_rate=self.config.speech.sampling_rate)
-            if step.token_id in specials or step.token_id == self.config.text.eos_token_id:
+                yield StreamEvent(audio=audio, sample_rate=rate)
+            if step.token_id in skipped:
                 continue
             text_ids.append(int(step.token_id))  # type: ignore[arg-type]
             decoded = self.tokenizer.decode(text_ids)
@@ -256,16 +342,16 @@ class OmniProcessor:
                 shown = decoded
         if frames:
             audio, tail = self._vocode(model, frames, tail)
-            yield StreamEvent(audio=audio, sample_rate=self.config.speech.sampling_rate)
+            yield StreamEvent(audio=audio, sample_rate=rate)
         if tail is not None and len(tail):
-            yield StreamEvent(audio=tail, sample_rate=self.config.speech.sampling_rate)
+            yield StreamEvent(audio=tail, sample_rate=rate)
 
     def _vocode(
         self, model: OmniForConditionalGeneration, frames: list[torch.Tensor], tail: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         if model.speech_decoder is None:
             raise ValueError("this model was built without the speech branch")
-        wave = model.speech_decoder(torch.stack(frames)[None])[0].float().numpy()
+        wave = model.speech_decoder(torch.stack(frames)[None])[0].float().cpu().numpy()
         fade = int(CROSSFADE_S * self.config.speech.sampling_rate)
         if tail is not None and len(tail) and len(wave) > fade:
             ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
@@ -273,3 +359,52 @@ class OmniProcessor:
         if len(wave) <= fade:
             return wave, np.zeros(0, np.float32)
         return wave[:-fade], wave[-fade:]
+
+
+def _special_ids(tokenizer: object) -> set[int]:
+    """Every id a transformers tokenizer treats as special (its specials and special added tokens)."""
+    ids = {int(i) for i in getattr(tokenizer, "all_special_ids", []) or []}
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    ids |= {int(i) for i, token in added.items() if getattr(token, "special", False)}
+    return ids
+
+
+@dataclass(frozen=True)
+class OmniCollator:
+    """Pads processed conversations into one batch, for training and for batched inference.
+
+    ``input_ids`` are padded with ``pad_token_id`` (attention 0, labels -100), on the right for
+    training or on the left for batched generation; images, audio and speech are concatenated in
+    conversation order, which is the order the model fills placeholders in.
+    """
+
+    pad_token_id: int
+    padding_side: Literal["right", "left"] = "right"
+
+    def __call__(self, batch: Sequence[ModelInputs]) -> ModelInputs:
+        if not batch:
+            raise ValueError("an empty batch")
+        longest = max(item.input_ids.shape[1] for item in batch)
+
+        def pad(tensor: torch.Tensor, value: int) -> torch.Tensor:
+            fill = torch.full((tensor.shape[0], longest - tensor.shape[1]), value, dtype=tensor.dtype)
+            return torch.cat([tensor, fill] if self.padding_side == "right" else [fill, tensor], dim=1)
+
+        def concatenated(name: str) -> torch.Tensor | None:
+            tensors = [getattr(item, name) for item in batch if getattr(item, name) is not None]
+            return torch.cat(tensors) if tensors else None
+
+        with_speech = [item for item in batch if item.speech_lengths]
+        return ModelInputs(
+            input_ids=torch.cat([pad(item.input_ids, self.pad_token_id) for item in batch]),
+            attention_mask=torch.cat([pad(item.attention_mask, 0) for item in batch]),
+            labels=torch.cat([pad(item.labels, IGNORE) for item in batch]),
+            pixel_patches=concatenated("pixel_patches"),
+            image_grid_thw=concatenated("image_grid_thw"),
+            audio_mel=[mel for item in batch for mel in item.audio_mel],
+            speech_codes=concatenated("speech_codes"),
+            speech_lengths=[n for item in batch for n in item.speech_lengths],
+            speech_mel=[mel for item in with_speech for mel in item.speech_mel]
+            if all(item.speech_mel for item in with_speech)
+            else [],
+        )

@@ -14,7 +14,13 @@ from omni_core.processing_omni import Message, Part
 
 class ByteTokenizer:
     """Printable ASCII to ids 3..97 (0-2 are pad/bos/eos; anything else reads as a space): a reversible
-    tokenizer that fits the tiny model's 128-token vocabulary."""
+    tokenizer that fits the tiny model's 128-token vocabulary. Its ChatML tokens are bos and eos, as
+    SmolLM2 has them; text never becomes one of them."""
+
+    eos_token_id = 2
+
+    def convert_tokens_to_ids(self, token: str) -> int | None:
+        return {"<|im_start|>": 1, "<|im_end|>": 2}.get(token)
 
     def encode(self, text: str) -> list[int]:
         return [3 + (ord(ch) - 32 if 32 <= ord(ch) < 127 else 0) for ch in text]

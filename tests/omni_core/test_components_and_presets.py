@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from omni_core import OmniConfig, OmniForConditionalGeneration
-from omni_core.configuration_omni import RELEASED_SPECIAL_TOKEN_IDS
 from omni_core.modeling_audio import whisper_config
 
 QWEN25_7B_PARAMETERS = 7_615_616_512  # Qwen2.5-7B, as published (untied output layer)
@@ -100,8 +99,6 @@ def test_released_dimensions_on_the_meta_device() -> None:
     assert [e.num_embeddings for e in model.audio_embedding.layers] == list(config.audio.codebook_sizes)
     assert len(model.audio_head.transformer.layers) == 3
     assert config.text.vocab_size == 152_064 and len(model.vision.tower.blocks) == 32
-    for name, token_id in RELEASED_SPECIAL_TOKEN_IDS.items():
-        assert config.special_token_ids[name] == token_id
     assert all(p.is_meta for p in model.parameters())  # nothing was allocated
 
 
@@ -112,6 +109,25 @@ def test_released_config_file_agrees_with_the_preset() -> None:
     assert released["visual_config"]["depth"] == config.vision.depth
     assert released["audio_config"]["vq_config"]["codebook_sizes"] == list(config.audio.codebook_sizes)
     assert released["audio_config"]["audio_head_transformer_layers"] == config.speech.head_layers
+
+
+def test_released_special_token_ids_are_those_of_the_packaged_release_file() -> None:
+    released = json.loads((Path(__file__).parents[2] / "omni_core" / "baichuan_omni_1_5_config.json").read_text())
+    ids = OmniConfig.from_preset("baichuan-omni-1.5-7b").special_token_ids
+    named_by_release = {
+        value
+        for section in ("audio_config", "visual_config", "video_config")
+        for key, value in released[section].items()
+        if key.endswith("_token_id")
+    }
+    assert set(ids.values()) - {ids["audiogen_pad"]} == named_by_release  # every one mapped, none invented
+    assert ids["audio_delim"] == released["audio_config"]["audio_delim_token_id"] == 151693
+    assert ids["audiotext_pad"] == released["audio_config"]["audiotext_pad_token_id"]
+    assert ids["image_line"] == released["visual_config"]["image_line_token_id"]
+    assert ids["image_delimiter"] == released["visual_config"]["image_delimiter_token_id"]
+    assert ids["video_pad"] == released["video_config"]["video_place_token_id"]
+    assert ids["audiogen_pad"] == max(released["multimodal_special_token_list"]) + 1  # the release has none
+    assert ids["audiogen_pad"] not in released["multimodal_special_token_list"]
 
 
 def test_model_info_prints_exact_integers() -> None:

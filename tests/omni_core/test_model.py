@@ -14,16 +14,7 @@ from .conftest import conversation, speech_codes
 
 
 def _forward(model: OmniForConditionalGeneration, processor: OmniProcessor):  # type: ignore[no-untyped-def]
-    inputs = processor(conversation(model.config))
-    return model(
-        inputs.input_ids,
-        inputs.attention_mask,
-        inputs.labels,
-        pixel_patches=inputs.pixel_patches,
-        image_grid_thw=inputs.image_grid_thw,
-        audio_mel=inputs.audio_mel,
-        speech_codes=inputs.speech_codes,
-    )
+    return model(**processor(conversation(model.config)).forward_kwargs())
 
 
 def test_every_modality_in_one_batch_forward_and_backward(
@@ -31,7 +22,9 @@ def test_every_modality_in_one_batch_forward_and_backward(
 ) -> None:
     model.train()
     output = _forward(model, processor)
-    assert torch.isfinite(output.loss) and output.text_loss is not None and output.audio_loss is not None
+    assert set(output.losses) == {"text", "audio_head", "commitment", "mel_reconstruction"}
+    assert all(torch.isfinite(loss) for loss in output.losses.values())
+    assert output["loss"] is output.loss  # a transformers ModelOutput: keys and attributes
     output.loss.backward()
     for name in ("vision", "projector", "audio_embedding", "llm", "audio_head"):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.part(name)), name
@@ -65,6 +58,16 @@ def test_frozen_parts_get_no_gradient(model: OmniForConditionalGeneration, proce
         model.set_trainable(retina=False)
 
 
+def _span(config: OmniConfig, start_call: int, frames: int) -> dict[int, int]:
+    """A schedule for ``_force_tokens``: open a speech span at ``start_call``, go on for ``frames``
+    frames (the head says "another frame" after each), then end it."""
+    special = config.special_token_ids
+    schedule = {start_call: special["audiogen_start"]}
+    schedule |= {start_call + 1 + i: special["audiogen_pad"] for i in range(frames)}
+    schedule[start_call + 1 + frames] = special["audiogen_end"]
+    return schedule
+
+
 def _force_tokens(model: OmniForConditionalGeneration, schedule: dict[int, int]) -> None:
     """Make the LM head prefer a given token at given calls (to drive the speech path in tests)."""
     calls = {"n": 0}
@@ -74,7 +77,7 @@ def _force_tokens(model: OmniForConditionalGeneration, schedule: dict[int, int])
         calls["n"] += 1
         if token is not None:
             output = output.clone()
-            output[..., -1, token] = output.abs().max() * 10 + 10
+            output[..., token] = output.abs().max() * 10 + 10  # generation projects the last state only
         return output
 
     model.llm.lm_head.register_forward_hook(hook)
@@ -87,9 +90,7 @@ def test_greedy_generation_with_the_cache_equals_without(config: OmniConfig, spe
         torch.manual_seed(0)
         model = OmniForConditionalGeneration(config).eval()
         if speech:  # text, then a 3-frame spoken span, then text
-            _force_tokens(
-                model, {1: config.special_token_ids["audiogen_start"], 5: config.special_token_ids["audiogen_end"]}
-            )
+            _force_tokens(model, _span(config, 1, 3))
         options = DecodingOptions(max_new_tokens=8, use_cache=use_cache, max_audio_frames=6)
         results.append(model.generate(torch.tensor([[5, 6, 7, 8]]), options=options))
     cached, uncached = results
@@ -102,7 +103,7 @@ def test_greedy_generation_with_the_cache_equals_without(config: OmniConfig, spe
 def test_streaming_gives_text_deltas_and_cross_faded_speech(config: OmniConfig, processor: OmniProcessor) -> None:
     torch.manual_seed(0)
     model = OmniForConditionalGeneration(config).eval()
-    _force_tokens(model, {2: config.special_token_ids["audiogen_start"], 9: config.special_token_ids["audiogen_end"]})
+    _force_tokens(model, _span(config, 2, 6))
     events = list(
         processor.stream(
             model,
@@ -164,22 +165,50 @@ def test_every_named_part_exists(model: OmniForConditionalGeneration) -> None:
     assert counts["total"] == sum(counts[name] for name in PARTS)
 
 
-def test_each_sentence_is_written_then_spoken(config: OmniConfig, processor: OmniProcessor) -> None:
-    """The released demo's scheme: text to the sentence end, then a speech span, then on."""
+def test_each_sentence_is_spoken_when_it_ends_and_not_at_a_decimal_point(
+    config: OmniConfig, processor: OmniProcessor
+) -> None:
+    """The released demo's scheme: text to the sentence end, then a speech span, then on; the last
+    sentence is spoken before the answer stops. "3.2" does not end a sentence."""
     torch.manual_seed(0)
     model = OmniForConditionalGeneration(config).eval()
-    period = processor.tokenizer.encode(".")[0]
-    assert (
-        period in processor.sentence_end_ids()
-        and processor.tokenizer.encode("a")[0] not in processor.sentence_end_ids()
-    )
-    _force_tokens(model, {1: period, 5: config.special_token_ids["audiogen_end"]})
-    options = DecodingOptions(max_new_tokens=6, max_audio_frames=10, sentence_end_ids=processor.sentence_end_ids())
-    result = model.generate(torch.tensor([[5, 6, 7]]), options=options)
     special = config.special_token_ids
-    start = result.token_ids.index(special["audiogen_start"])
-    assert result.token_ids[start - 1] == period  # the sentence ended, then speech began
-    end = result.token_ids.index(special["audiogen_end"], start)
-    frames = result.token_ids[start + 1 : end]
-    assert frames and set(frames) == {special["audiogen_pad"]}
-    assert len(result.audio_codes) == 1 and result.audio_codes[0].shape[0] == len(frames)
+    text = processor.tokenizer.encode("It is 3.2 cm. No")
+    sentence = len(processor.tokenizer.encode("It is 3.2 cm. "))  # a sentence is known to end at the next word
+    # calls: the first sentence; "N" is replaced by a span of 2 frames (3 calls); then "No"; the
+    # stop token is replaced by a span of 1 frame (2 calls); then the stop
+    schedule = dict(enumerate(text[:sentence]))
+    schedule[sentence] = text[sentence]  # "N" (dropped: the span opens instead)
+    schedule |= {sentence + 1: special["audiogen_pad"], sentence + 2: special["audiogen_pad"]}
+    schedule[sentence + 3] = special["audiogen_end"]
+    after = sentence + 4
+    schedule |= {after + i: token for i, token in enumerate(text[sentence:])}
+    stop = after + len(text[sentence:])
+    schedule |= {stop: 2, stop + 1: special["audiogen_pad"], stop + 2: special["audiogen_end"], stop + 3: 2}
+    _force_tokens(model, schedule)
+    options = processor.decoding_options(DecodingOptions(max_new_tokens=40, max_audio_frames=10))
+    result = model.generate(torch.tensor([[5, 6, 7]]), options=options)
+    start, end, frame = special["audiogen_start"], special["audiogen_end"], special["audiogen_pad"]
+    assert result.token_ids == [*text[:sentence], start, frame, frame, end, *text[sentence:], start, frame, end, 2], (
+        processor.tokenizer.decode(result.token_ids)
+    )
+    assert [codes.shape[0] for codes in result.audio_codes] == [2, 1]
+
+
+@pytest.mark.parametrize(
+    ("written", "next_text", "ends"),
+    [
+        ("The nodule measures 3.", "2 cm", False),
+        ("Seen e.g. ", "in the left lobe", False),
+        ("Reviewed by Dr. ", "Smith", False),
+        ("No effusion. ", "The heart", True),
+        ("Is it normal? ", "Yes", True),
+        ("", "The", False),
+    ],
+)
+def test_sentence_ends_are_decided_on_decoded_text(
+    processor: OmniProcessor, written: str, next_text: str, ends: bool
+) -> None:
+    tokenizer = processor.tokenizer
+    spoken, following = tokenizer.encode(written), tokenizer.encode(next_text)
+    assert processor.sentence_boundary(spoken, following[0]) is ends

@@ -33,8 +33,10 @@ def test_labels_cover_the_assistant_turn_only(config: OmniConfig, processor: Omn
     labels = [t for t in inputs.labels[0].tolist() if t != IGNORE]
     assert ByteTokenizer().decode(labels).startswith("No nodule.")
     special = config.special_token_ids
-    assert special["audiogen_start"] in labels and special["audiogen_end"] in labels
-    assert special["audiogen_pad"] not in labels and special["image_pad"] not in labels
+    span = labels[labels.index(special["audiogen_start"]) :]
+    # every frame is a target ("another frame follows"), then the end: a model learns when to stop
+    assert span[:6] == [special["audiogen_start"], *[special["audiogen_pad"]] * 4, special["audiogen_end"]]
+    assert not {special[name] for name in ("image_pad", "video_pad", "audio_pad")} & set(labels)
 
 
 def test_a_dicom_image_brings_its_header_facts_and_stays_a_plain_tensor(
@@ -50,15 +52,19 @@ def test_a_dicom_image_brings_its_header_facts_and_stays_a_plain_tensor(
 
 
 def test_a_tokenizer_beyond_the_backbone_vocabulary_is_refused(config: OmniConfig) -> None:
-    class Wide:
+    class Wide(ByteTokenizer):
         def encode(self, text: str) -> list[int]:
             return [500]
 
-        def decode(self, ids: list[int]) -> str:
-            return ""
-
     with pytest.raises(ValueError, match="vocabulary"):
         OmniProcessor(config, Wide())([Message("user", [Part("text", "hi")])])
+
+    class NoChatML(ByteTokenizer):
+        def convert_tokens_to_ids(self, token: str) -> int | None:
+            return None
+
+    with pytest.raises(ValueError, match="no <\\|im_start\\|> token"):
+        OmniProcessor(config, NoChatML())
 
 
 def test_audio_token_rate_is_12_5_per_second(config: OmniConfig, processor: OmniProcessor) -> None:

@@ -297,7 +297,7 @@ class OmniForConditionalGeneration(nn.Module):
         Returns:
             OmniOutput: ``losses`` by name, ``loss`` their sum weighted by ``config.loss_weights``.
         """
-        wanted = self._wanted_losses(losses, labels, audio_mel, speech_codes, speech_mel)
+        wanted = self._wanted_losses(losses, input_ids is not None, labels, audio_mel, speech_codes, speech_mel)
         computed: dict[str, torch.Tensor] = {}
         if audio_mel is not None and audio_codes is None:
             audio_codes, tokenizer_losses = self._tokenize(
@@ -336,6 +336,7 @@ class OmniForConditionalGeneration(nn.Module):
     def _wanted_losses(
         self,
         losses: Collection[str] | None,
+        has_text: bool,
         labels: torch.Tensor | None,
         audio_mel: object,
         speech_codes: object,
@@ -349,9 +350,9 @@ class OmniForConditionalGeneration(nn.Module):
                 raise ValueError("this model was built without the speech branch")
             return set(losses)
         wanted = set()
-        if labels is not None:
+        if labels is not None and has_text:
             wanted.add("text")
-        if speech_codes is not None and self.audio_head is not None:
+        if speech_codes is not None and has_text and self.audio_head is not None:
             wanted.add("audio_head")
         if audio_mel is not None and self.training:
             wanted |= {"commitment", "mel_reconstruction"}

@@ -185,13 +185,18 @@ class FlowMatchingDecoder(nn.Module):
 
 
 def build_vocoder(speech: SpeechConfig) -> SpeechT5HifiGan:
-    """A HiFi-GAN vocoder for ``mel_bins`` at ``sampling_rate`` with hop ``hop_length``."""
+    """A HiFi-GAN vocoder for ``mel_bins`` at ``sampling_rate`` with hop ``hop_length``.
+
+    Each transposed convolution makes exactly ``rate`` samples per input sample: kernel 2 x rate
+    for an even rate, 2 x rate + 1 for an odd one (with HiFi-GAN's padding (kernel - rate) // 2, a
+    kernel of 2 x 5 would add a sample per layer and shift every later chunk).
+    """
     config = SpeechT5HifiGanConfig(
         model_in_dim=speech.mel_bins,
         sampling_rate=speech.sampling_rate,
         upsample_initial_channel=speech.vocoder_channels,
         upsample_rates=list(speech.vocoder_upsample_rates),
-        upsample_kernel_sizes=[2 * rate for rate in speech.vocoder_upsample_rates],
+        upsample_kernel_sizes=[2 * rate + rate % 2 for rate in speech.vocoder_upsample_rates],
         normalize_before=False,
     )
     config.upsample_rates_product = speech.hop_length

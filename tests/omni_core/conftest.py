@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,16 @@ class ByteTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(chr(32 + i - 3) if 3 <= i < 98 else "" for i in ids)
+
+
+@pytest.fixture(scope="session")
+def smollm2(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct de-quantised from its GGUF once, kept in pytest's cache between runs."""
+    from omni_core.backbones import smollm2_folder
+
+    cache = request.config.cache
+    root = cache.mkdir("omniclinic-models") if cache is not None else tmp_path_factory.mktemp("models")
+    return smollm2_folder(Path(root))
 
 
 @pytest.fixture

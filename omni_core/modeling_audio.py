@@ -158,7 +158,7 @@ class AudioTokenizer(nn.Module):
         token_lengths = (lengths + per_token - 1) // per_token  # (B,)
         token_mask = torch.arange(tokens, device=mel.device)[None] < token_lengths[:, None]  # (B, T)
         real = torch.arange(frames, device=mel.device)[None] < lengths[:, None]  # (B, F)
-        level = torch.where(real[:, None], mel, float("-inf")).amax(dim=(1, 2)).sub(2).clamp_min(-1.5)  # silence
+        level = silence_level(mel, real)  # (B,)
         padded = torch.cat([mel, mel.new_zeros(batch, mel.shape[1], tokens * per_token + 1 - frames)], dim=-1)
         within = torch.arange(padded.shape[-1], device=mel.device)[None] < lengths[:, None]
         padded = torch.where(within[:, None], padded, level[:, None, None].to(padded.dtype))
@@ -194,6 +194,24 @@ class AudioTokenizer(nn.Module):
     def encode(self, mel: torch.Tensor, mel_frames: torch.Tensor | None = None) -> torch.Tensor:
         """(B, num_mel_bins, frames) -> codes (B, T, L)."""
         return self.forward(mel, mel_frames).codes
+
+
+def silence_level(mel: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """The log-mel value of digital silence in each clip, as Whisper's feature extractor writes it.
+
+    Whisper clamps log10 power at (the clip's maximum - 8) and maps x to (x + 4) / 4, so silence in a
+    clip whose top value is m reads max(m - 2, -1.5).
+
+    Args:
+        mel: (B, num_mel_bins, frames).
+        real: (B, frames) True at the clip's own frames (None: all).
+
+    Returns:
+        (B,)
+    """
+    if real is not None:
+        mel = torch.where(real[:, None], mel, float("-inf"))
+    return mel.amax(dim=(1, 2)).sub(2).clamp_min(-1.5)
 
 
 def pad_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

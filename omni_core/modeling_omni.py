@@ -195,9 +195,9 @@ class OmniForConditionalGeneration(nn.Module):
 
         for pretrained in (self.llm, self.vision.tower, self.audio_tokenizer.encoder):
             if enabled:
-                pretrained.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                pretrained.activation_checkpointing_enable({"use_reentrant": False})
             else:
-                pretrained.gradient_checkpointing_disable()
+                pretrained.activation_checkpointing_disable()
         for module in self.modules():
             if isinstance(module, Transformer):
                 module.gradient_checkpointing = enabled
@@ -370,7 +370,8 @@ class OmniForConditionalGeneration(nn.Module):
             attention_mask = attention_mask.to(embeds.device)
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         base = self.llm.get_decoder()
-        return base(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        output = base(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return output.last_hidden_state
 
     def _text_loss(self, hidden: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if labels is None:

@@ -35,7 +35,7 @@ def smollm2(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     """SmolLM2-135M-Instruct de-quantised from its GGUF once, kept in pytest's cache between runs."""
     from omni_core.backbones import smollm2_folder
 
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     root = cache.mkdir("omniclinic-models") if cache is not None else tmp_path_factory.mktemp("models")
     return smollm2_folder(Path(root))
 

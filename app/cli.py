@@ -168,6 +168,7 @@ def _register_data_commands() -> None:
     from app.commands import model
 
     cli.command("model-info")(model.model_info)
+    cli.command("convert-whisper")(model.convert_whisper)
 
     from app.commands.audit import audit_cli
 

@@ -92,13 +92,18 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """A stack of pre-norm blocks with a final norm; optional causal masking and key padding."""
+    """A stack of pre-norm blocks; optional causal masking, key padding and final norm.
 
-    def __init__(self, width: int, heads: int, ffn: int, layers: int) -> None:
+    ``final_norm`` suits a stack that feeds classifiers (the audio head's code logits); stacks that
+    regress mel leave it out, as ``nn.TransformerEncoder`` did: normalising the residual stream
+    there threw away its scale and made the tokenizer's mel decoder learn three times slower.
+    """
+
+    def __init__(self, width: int, heads: int, ffn: int, layers: int, *, final_norm: bool = False) -> None:
         super().__init__()
         self.head_dim = width // heads
         self.layers = nn.ModuleList(Block(width, heads, ffn) for _ in range(layers))
-        self.norm = nn.LayerNorm(width)
+        self.norm = nn.LayerNorm(width) if final_norm else nn.Identity()
         self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:

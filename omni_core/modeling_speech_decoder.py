@@ -33,7 +33,7 @@ class AudioHead(nn.Module):
         self.codebook_sizes = audio.codebook_sizes
         self.from_llm = nn.Linear(llm_hidden_size, width)
         self.code_embeddings = nn.ModuleList(nn.Embedding(size, width) for size in audio.codebook_sizes[:-1])
-        self.transformer = Transformer(width, speech.head_heads, 4 * width, speech.head_layers)
+        self.transformer = Transformer(width, speech.head_heads, 4 * width, speech.head_layers, final_norm=True)
         self.heads = nn.ModuleList(nn.Linear(width, size) for size in audio.codebook_sizes)
 
     def _inputs(self, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,16 @@
-"""``omniclinic model-info``: exact parameter counts of a preset, without allocating any weights."""
+"""``omniclinic model-info`` (exact parameter counts of a preset, without allocating any weights) and
+``omniclinic convert-whisper`` (faster-whisper models to transformers folders)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from app.commands.errors import EXIT_FAILED, EXIT_USAGE
+from app.commands.errors import fail as _fail
 
 
 def model_info(
@@ -29,3 +34,33 @@ def model_info(
         return
     for part, count in counts.items():
         typer.echo(f"{part:<16}{count:>16,}")
+
+
+def convert_whisper(
+    model: Annotated[str, typer.Argument(help="tiny.en, base, or a CTranslate2 Whisper folder.")],
+    out: Annotated[Path, typer.Option("--out", help="The transformers Whisper folder to write (must not exist).")],
+) -> None:
+    """Write a transformers Whisper folder (model, feature extractor, tokenizer) from a faster-whisper model.
+
+    Lossless: the float16 weights are copied bit for bit. The folder feeds transformers, the training
+    recipes and ``from_components(whisper=...)``.
+    """
+    from app.cli import current_settings
+    from omni_core.speech.asr import resolve_model
+    from omni_core.speech.errors import ModelNotFound
+    from omni_core.whisper_ct2 import WhisperConversionError, convert_ct2_whisper
+
+    settings = current_settings()
+    if out.exists():
+        raise _fail(f"{out} already exists; choose a new folder", EXIT_USAGE)
+    try:
+        source = resolve_model(model, settings.models_dir)
+    except ModelNotFound as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    try:
+        convert_ct2_whisper(source, out)
+    except WhisperConversionError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    except OSError as exc:
+        raise _fail(f"cannot write {out} ({exc.strerror or type(exc).__name__})", EXIT_FAILED) from None
+    typer.echo(f"wrote {out}")

@@ -20,6 +20,18 @@ REQUIRE_INTEGRATION_ENV = "OMNICLINIC_REQUIRE_INTEGRATION"
 pytest_plugins = ["pytester"]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests run where CUDA is present and are skipped, with the reason, where it is not."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu_tests:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
 @pytest.fixture(autouse=True)
 def isolated_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Each test gets its own data folder and no OMNICLINIC_* setting from the caller's shell."""

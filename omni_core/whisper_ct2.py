@@ -129,29 +129,27 @@ def hf_state_dict(model: CT2Model) -> dict[str, np.ndarray]:
     for conv in ("conv1", "conv2"):
         linear(f"model.encoder.{conv}", f"encoder/{conv}")
     state["model.encoder.embed_positions.weight"] = v["encoder/position_encodings/encodings"]
-    for i in range(_layers(v, "encoder")):
-        ours, theirs = f"model.encoder.layers.{i}", f"encoder/layer_{i}"
+
+    def self_attention_and_ffn(ours: str, theirs: str) -> None:  # what encoder and decoder layers share
         qkv(f"{ours}.self_attn", f"{theirs}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
         linear(f"{ours}.self_attn.out_proj", f"{theirs}/self_attention/linear_1")
         norm(f"{ours}.self_attn_layer_norm", f"{theirs}/self_attention/layer_norm")
         linear(f"{ours}.fc1", f"{theirs}/ffn/linear_0")
         linear(f"{ours}.fc2", f"{theirs}/ffn/linear_1")
         norm(f"{ours}.final_layer_norm", f"{theirs}/ffn/layer_norm")
+
+    for i in range(_layers(v, "encoder")):
+        self_attention_and_ffn(f"model.encoder.layers.{i}", f"encoder/layer_{i}")
     norm("model.encoder.layer_norm", "encoder/layer_norm")
     state["model.decoder.embed_tokens.weight"] = v["decoder/embeddings/weight"]
     state["model.decoder.embed_positions.weight"] = v["decoder/position_encodings/encodings"]
     for i in range(_layers(v, "decoder")):
         ours, theirs = f"model.decoder.layers.{i}", f"decoder/layer_{i}"
-        qkv(f"{ours}.self_attn", f"{theirs}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
-        linear(f"{ours}.self_attn.out_proj", f"{theirs}/self_attention/linear_1")
-        norm(f"{ours}.self_attn_layer_norm", f"{theirs}/self_attention/layer_norm")
+        self_attention_and_ffn(ours, theirs)
         linear(f"{ours}.encoder_attn.q_proj", f"{theirs}/attention/linear_0")
         qkv(f"{ours}.encoder_attn", f"{theirs}/attention/linear_1", ("k_proj", "v_proj"))
         linear(f"{ours}.encoder_attn.out_proj", f"{theirs}/attention/linear_2")
         norm(f"{ours}.encoder_attn_layer_norm", f"{theirs}/attention/layer_norm")
-        linear(f"{ours}.fc1", f"{theirs}/ffn/linear_0")
-        linear(f"{ours}.fc2", f"{theirs}/ffn/linear_1")
-        norm(f"{ours}.final_layer_norm", f"{theirs}/ffn/layer_norm")
     norm("model.decoder.layer_norm", "decoder/layer_norm")
     return state
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,45 +53,102 @@ def safetensors_files(folder: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
-def read_header(path: Path) -> dict[str, dict[str, object]]:
-    """The safetensors header: tensor name -> dtype, shape, data_offsets (metadata dropped)."""
+class CheckpointError(ValueError):
+    """A weights file that is malformed, truncated or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+    """Byte offsets in the data section, after the header."""
+
+
+def read_header(path: Path) -> list[TensorEntry]:
+    """The tensors of a safetensors file, checked before anything is allocated.
+
+    Every entry must name a known dtype, a shape of non-negative integers whose bytes match its
+    offsets, and the entries must tile the data section exactly, without gaps or overlaps (what
+    safetensors itself demands).
+
+    Raises:
+        CheckpointError: anything else.
+    """
+    size = path.stat().st_size
     with path.open("rb") as file:
-        (length,) = struct.unpack("<Q", file.read(8))
-        if length > MAX_HEADER_BYTES:
-            raise ValueError(f"{path.name} is not a safetensors file (header of {length} bytes)")
-        header = json.loads(file.read(length))
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{path.name} is not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > min(MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(f"{path.name} is not a safetensors file (header of {length} bytes)")
+        try:
+            header = json.loads(file.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{path.name} has an unreadable header") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path.name} has an unreadable header")
     header.pop("__metadata__", None)
-    return header
+    entries = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{path.name}: a malformed entry")
+        dtype = SAFETENSORS_DTYPES.get(entry.get("dtype"))  # type: ignore[arg-type]
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if (
+            dtype is None
+            or not isinstance(shape, list)
+            or not all(isinstance(n, int) and n >= 0 for n in shape)
+            or not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(n, int) for n in offsets)
+        ):
+            raise CheckpointError(f"{path.name}: a malformed entry")
+        begin, end = offsets
+        numel = 1
+        for n in shape:
+            numel *= n
+        if not 0 <= begin <= end or end - begin != numel * dtype.itemsize:
+            raise CheckpointError(f"{path.name}: an entry's bytes do not match its shape")
+        entries.append(TensorEntry(name, dtype, tuple(shape), begin, end))
+    entries.sort(key=lambda e: e.begin)
+    position = 0
+    for entry in entries:
+        if entry.begin != position:
+            raise CheckpointError(f"{path.name}: tensors overlap or leave gaps")
+        position = entry.end
+    if position != size - 8 - length:
+        raise CheckpointError(f"{path.name} is truncated or has trailing bytes")
+    return entries
 
 
-def iter_tensors(path: Path, device: torch.device | str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
-    """Each tensor of a safetensors file, one at a time, on ``device`` in its stored dtype."""
+def iter_tensors(
+    path: Path, device: torch.device | str = "cpu", wanted: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each tensor of a safetensors file (those ``wanted``, when given), one at a time, on ``device``
+    in its stored dtype. Tensors not wanted are never read."""
     device = torch.device(device)
+    entries = [entry for entry in read_header(path) if wanted is None or wanted(entry.name)]
     if device.type != "cpu":
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt", device=str(device)) as handle:
-            for name in handle.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
-                yield name, handle.get_tensor(name)
+            for entry in entries:
+                yield entry.name, handle.get_tensor(entry.name)
         return
-    header = read_header(path)
     with path.open("rb") as file:
         (length,) = struct.unpack("<Q", file.read(8))
-        start = 8 + length
-        for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):  # type: ignore[index]
-            dtype = SAFETENSORS_DTYPES.get(str(entry["dtype"]))
-            if dtype is None:
-                raise ValueError(f"{path.name}: tensor dtype {entry['dtype']} is not supported")
-            begin, end = entry["data_offsets"]  # type: ignore[misc]
-            tensor = torch.empty(tuple(entry["shape"]), dtype=dtype)  # type: ignore[arg-type]
-            if end - begin != tensor.numel() * tensor.element_size():
-                raise ValueError(f"{path.name}: tensor {name} has the wrong number of bytes")
-            file.seek(start + begin)
-            if tensor.numel():
-                read = file.readinto(memoryview(tensor.view(torch.uint8).reshape(-1).numpy()))
-                if read != end - begin:
-                    raise ValueError(f"{path.name} is truncated (tensor {name})")
-            yield name, tensor
+        for entry in entries:
+            tensor = torch.empty(entry.shape, dtype=entry.dtype)
+            file.seek(8 + length + entry.begin)
+            if tensor.numel() and file.readinto(memoryview(tensor.view(torch.uint8).reshape(-1).numpy())) != (
+                entry.end - entry.begin
+            ):
+                raise CheckpointError(f"{path.name} is truncated")
+            yield entry.name, tensor
 
 
 def place(
@@ -98,24 +156,30 @@ def place(
 ) -> None:
     """Put ``value`` as parameter or buffer ``name`` (dotted) of ``module``, cast and on ``device``.
 
-    Floating tensors take ``dtype`` when given; requires_grad is kept from the placeholder.
+    The value must have the placeholder's shape and kind (floating or not); floating tensors take
+    ``dtype`` when given, buffers keep the placeholder's dtype; requires_grad is kept.
+
+    Raises:
+        CheckpointError: no such tensor, or one of another shape or kind.
     """
     *path, leaf = name.split(".")
-    owner = module
-    for step in path:
-        owner = getattr(owner, step)
-    if value.is_floating_point() and dtype is not None:
-        value = value.to(dtype)
-    value = value.to(device)
+    try:
+        owner = module.get_submodule(".".join(path))
+    except AttributeError:
+        raise CheckpointError(f"the model has no tensor {name}") from None
+    old = owner._parameters.get(leaf) if leaf in owner._parameters else owner._buffers.get(leaf)
+    if old is None:
+        raise CheckpointError(f"the model has no tensor {name}")
+    if tuple(old.shape) != tuple(value.shape) or old.is_floating_point() != value.is_floating_point():
+        raise CheckpointError(
+            f"{name} is {tuple(value.shape)} {value.dtype} in the file, the model needs {tuple(old.shape)} {old.dtype}"
+        )
     if leaf in owner._parameters:
-        old = owner._parameters[leaf]
-        if old is not None and tuple(old.shape) != tuple(value.shape):
-            raise ValueError(f"{name} is {tuple(value.shape)} in the file, the model needs {tuple(old.shape)}")
-        owner._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad if old is not None else True)
-    elif leaf in owner._buffers:
-        owner._buffers[leaf] = value
+        if value.is_floating_point() and dtype is not None:
+            value = value.to(dtype)
+        owner._parameters[leaf] = nn.Parameter(value.to(device), requires_grad=old.requires_grad)
     else:
-        raise KeyError(name)
+        owner._buffers[leaf] = value.to(device=device, dtype=old.dtype)
 
 
 def meta_tensors(module: nn.Module) -> list[str]:

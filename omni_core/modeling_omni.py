@@ -12,6 +12,8 @@ Speech spans are learnable end to end: the text head's target after every frame 
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -26,7 +28,16 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 from transformers.utils import ModelOutput
 
 from omni_core.configuration_omni import LOSS_NAMES, OmniConfig
-from omni_core.loading import cast_parameters, empty_weights, iter_tensors, meta_tensors, place, safetensors_files
+from omni_core.loading import (
+    CheckpointError,
+    cast_parameters,
+    empty_weights,
+    iter_tensors,
+    meta_tensors,
+    place,
+    read_header,
+    safetensors_files,
+)
 from omni_core.losses import chunked_cross_entropy
 from omni_core.modeling_audio import AudioEmbedding, AudioTokenizer, pad_mels, tokens_for_frames
 from omni_core.modeling_speech_decoder import AudioHead, SpeechDecoder
@@ -562,19 +573,20 @@ class OmniForConditionalGeneration(nn.Module):
         directory = Path(directory)
         config = OmniConfig.load(directory / CONFIG_NAME)
         device = torch.device(device)
+        files = safetensors_files(directory)
+        if dtype is None:
+            stored = {entry.dtype for file in files for entry in read_header(file) if entry.dtype.is_floating_point}
+            if len(stored) > 1:
+                raise CheckpointError(f"the weights mix {sorted(map(str, stored))}: pass dtype= to load them")
         with torch.device(device):
-            model = cls(
-                config,
-                empty_parts=LOADABLE_PARTS,
-            )
+            model = cls(config, empty_parts=LOADABLE_PARTS)
         expected = set(model.state_dict())
         found: set[str] = set()
-        for file in safetensors_files(directory):
-            for name, tensor in iter_tensors(file, device):
-                if name not in expected:
-                    raise ValueError(f"weights do not match the config (unexpected {name})")
-                place(model, name, tensor, device=device, dtype=dtype)
-                found.add(name)
+        for name, tensor in _tensors_once(files, device, None):
+            if name not in expected:
+                raise CheckpointError(f"weights do not match the config (unexpected {name})")
+            place(model, name, tensor, device=device, dtype=dtype)
+            found.add(name)
         model._finish_loading(device, dtype, expected - found)
         return model.eval()
 
@@ -616,17 +628,61 @@ class OmniForConditionalGeneration(nn.Module):
             device: where the model is built.
         """
         device = torch.device(device)
-        # part, its folder, the names its weights have there (None: as they are), its name in errors
+        text, audio, vision = config.text, config.audio, config.vision
+        # part, its folder, the names its weights have there (None: as they are), its name in errors,
+        # and what its config.json must agree on
         sources = [
-            ("llm", llm, None, "the LLM"),
+            (
+                "llm",
+                llm,
+                None,
+                "the LLM",
+                {
+                    "hidden_size": text.hidden_size,
+                    "intermediate_size": text.intermediate_size,
+                    "num_hidden_layers": text.num_hidden_layers,
+                    "num_attention_heads": text.num_attention_heads,
+                    "num_key_value_heads": text.num_key_value_heads,
+                    "rope_theta": text.rope_theta,
+                    "rms_norm_eps": text.rms_norm_eps,
+                    "tie_word_embeddings": text.tie_word_embeddings,
+                },
+            ),
             # WhisperForConditionalGeneration ("model.encoder.") or WhisperModel ("encoder.")
-            ("audio_tokenizer.encoder", whisper, ("model.encoder.", "encoder."), "the Whisper encoder"),
-            ("vision.tower", qwen2_vl, ("model.visual.", "visual."), "the Qwen2-VL vision tower"),
+            (
+                "audio_tokenizer.encoder",
+                whisper,
+                ("model.encoder.", "encoder."),
+                "the Whisper encoder",
+                {
+                    "d_model": audio.d_model,
+                    "encoder_layers": audio.encoder_layers,
+                    "encoder_attention_heads": audio.encoder_attention_heads,
+                    "encoder_ffn_dim": audio.encoder_ffn_dim,
+                    "num_mel_bins": audio.num_mel_bins,
+                },
+            ),
+            (
+                "vision.tower",
+                qwen2_vl,
+                ("model.visual.", "visual."),
+                "the Qwen2-VL vision tower",
+                {
+                    "vision_config.depth": vision.depth,
+                    "vision_config.embed_dim": vision.embed_dim,
+                    "vision_config.num_heads": vision.num_heads,
+                    "vision_config.patch_size": vision.patch_size,
+                    "vision_config.spatial_merge_size": vision.spatial_merge_size,
+                    "vision_config.temporal_patch_size": vision.temporal_patch_size,
+                },
+            ),
         ]
         given = [source for source in sources if source[1] is not None]
+        for _, folder, _, what, agreed in given:
+            _check_folder_config(folder, agreed, what)  # type: ignore[arg-type]
         with torch.device(device):
             model = cls(config, empty_parts={part.removesuffix(".tower") for part, *_ in given})
-        for part, folder, prefixes, what in given:
+        for part, folder, prefixes, what, _ in given:
             _load_part(model, part, _folder_tensors(folder, device, prefixes), what, device, dtype)  # type: ignore[arg-type]
         model._finish_loading(device, dtype or torch.float32, set())
         return model
@@ -646,20 +702,55 @@ def speech_span_lengths(input_ids: torch.Tensor, frame_id: int) -> list[int]:
     return lengths
 
 
+def _tensors_once(
+    files: list[Path], device: torch.device, wanted: Callable[[str], bool] | None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of several shards; a name found in two of them is refused (a stale shard)."""
+    seen: set[str] = set()
+    for file in files:
+        for name, tensor in iter_tensors(file, device, wanted):
+            if name in seen:
+                raise CheckpointError(f"{name} is stored twice (a stale shard in the folder?)")
+            seen.add(name)
+            yield name, tensor
+
+
 def _folder_tensors(
     folder: str | os.PathLike[str], device: torch.device, prefixes: tuple[str, ...] | None
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of a Hugging Face folder's safetensors; with ``prefixes``, only names under one
-    of them, the prefix removed."""
-    for file in safetensors_files(folder):
-        for name, tensor in iter_tensors(file, device):
-            if prefixes is None:
-                yield name, tensor
-                continue
-            for prefix in prefixes:
-                if name.startswith(prefix):
-                    yield name[len(prefix) :], tensor
-                    break
+    of them (the others are never read), the prefix removed."""
+    wanted = None if prefixes is None else (lambda name: name.startswith(prefixes))
+    for name, tensor in _tensors_once(safetensors_files(folder), device, wanted):
+        if prefixes is None:
+            yield name, tensor
+        else:
+            prefix = next(p for p in prefixes if name.startswith(p))
+            yield name[len(prefix) :], tensor
+
+
+def _check_folder_config(folder: str | os.PathLike[str], expected: dict[str, object], what: str) -> None:
+    """Refuse a pretrained folder whose config.json disagrees with the omni config on ``expected``
+    (keys may be dotted into a nested config; ``rope_theta`` is also looked for in ``rope_parameters``)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return  # nothing to compare: tensor shapes are still checked one by one
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{what}: its config.json is unreadable") from None
+    for key, value in expected.items():
+        node: object = found
+        for step in key.split("."):
+            node = node.get(step) if isinstance(node, dict) else None
+        if node is None and key == "rope_theta":
+            node = (found.get("rope_parameters") or {}).get("rope_theta")
+        if isinstance(node, int | float) and isinstance(value, float):
+            same = math.isclose(node, value, rel_tol=1e-6)  # a float32 written back as float64 (1e-5)
+        else:
+            same = node == value
+        if node is not None and not same:
+            raise ValueError(f"{what}: {key} is {node} in its config.json, the omni config has {value}")
 
 
 def _load_part(
@@ -670,14 +761,14 @@ def _load_part(
     device: torch.device,
     dtype: torch.dtype | None,
 ) -> None:
-    """Fill the empty ``part`` (a dotted module path); a vocabulary that grew by special tokens gets its new rows
-    at the mean of the pretrained ones."""
+    """Fill the empty ``part`` (a dotted module path) with exactly its tensors; a vocabulary that grew
+    by special tokens gets its new rows at the mean of the pretrained ones."""
     module = model.get_submodule(part)
     needed = {name: tensor for name, tensor in module.state_dict(keep_vars=True).items()}
     target_dtype = dtype or torch.float32
     for name, value in tensors:
         if name not in needed:
-            continue  # e.g. a Whisper decoder or a Qwen2-VL language model beside the part we take
+            raise ValueError(f"{what} has tensors the config does not (e.g. {name}): its architecture differs")
         shape = tuple(needed.pop(name).shape)
         if tuple(value.shape) != shape:
             grown = value.dim() == len(shape) and tuple(value.shape[1:]) == shape[1:] and value.shape[0] < shape[0]

@@ -80,10 +80,37 @@ def test_from_components_copies_each_part(checkpoints: dict[str, Path]) -> None:
 
 
 def test_from_components_refuses_a_mismatched_backbone(checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    config = OmniConfig.from_preset("tiny")
-    config.text.num_hidden_layers = 3  # the checkpoint has 2
+    import shutil
+
+    deeper = OmniConfig.from_preset("tiny")
+    deeper.text.num_hidden_layers = 3  # the checkpoint has 2
+    with pytest.raises(ValueError, match=r"num_hidden_layers is 2 in its config\.json, the omni config has 3"):
+        OmniForConditionalGeneration.from_components(deeper, llm=checkpoints["llm"])
+    other_rope = OmniConfig.from_preset("tiny")
+    other_rope.text.rope_theta = 1_000_000.0
+    with pytest.raises(ValueError, match="rope_theta"):
+        OmniForConditionalGeneration.from_components(other_rope, llm=checkpoints["llm"])
+    # without a config.json to compare, the tensors themselves must match, one for one
+    bare = tmp_path / "bare"
+    shutil.copytree(checkpoints["llm"], bare)
+    (bare / "config.json").unlink()
     with pytest.raises(ValueError, match="lacks"):
-        OmniForConditionalGeneration.from_components(config, llm=checkpoints["llm"])
+        OmniForConditionalGeneration.from_components(deeper, llm=bare)
+    shallower = OmniConfig.from_preset("tiny")
+    shallower.text.num_hidden_layers = 1
+    with pytest.raises(ValueError, match="has tensors the config does not"):
+        OmniForConditionalGeneration.from_components(shallower, llm=bare)
+    wider = OmniConfig.from_preset("tiny")
+    wider.audio.encoder_layers = 3
+    with pytest.raises(ValueError, match="the Whisper encoder: encoder_layers"):
+        OmniForConditionalGeneration.from_components(wider, whisper=checkpoints["whisper"])
+
+
+def test_from_components_loads_into_the_dtype_asked_for(checkpoints: dict[str, Path]) -> None:
+    config = OmniConfig.from_preset("tiny")
+    model = OmniForConditionalGeneration.from_components(config, **checkpoints, dtype=torch.bfloat16)
+    floating = [p for p in model.parameters() if p.is_floating_point()]
+    assert all(p.dtype == torch.bfloat16 for p in floating) and not any(p.is_meta for p in model.parameters())
 
 
 def test_released_dimensions_on_the_meta_device() -> None:

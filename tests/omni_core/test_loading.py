@@ -76,3 +76,70 @@ def test_loading_the_demo_model_holds_about_one_copy_of_its_weights(tmp_path: Pa
     )
     ratio = float(run.stdout.strip().splitlines()[-1])
     assert ratio < 1.3, f"loading took {ratio:.2f}x the weights' size"
+
+
+def _write_safetensors(path: Path, header: dict, data: bytes) -> None:  # type: ignore[type-arg]
+    import json
+    import struct
+
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "message"),
+    [
+        ({"w": {"dtype": "F32", "shape": [1 << 34], "data_offsets": [0, 16]}}, bytes(16), "do not match its shape"),
+        ({"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}, bytes(16), "malformed"),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}, bytes(16), "do not match|malformed"),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            bytes(12),
+            "overlap",
+        ),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(9), "trailing"),
+        ({"w": {"dtype": "C64", "shape": [2], "data_offsets": [0, 16]}}, bytes(16), "malformed"),
+        ([1, 2, 3], b"", "unreadable"),
+    ],
+)
+def test_malformed_weight_files_are_refused_before_anything_is_allocated(
+    tmp_path: Path, header: object, data: bytes, message: str
+) -> None:
+    from omni_core.loading import CheckpointError, read_header
+
+    _write_safetensors(tmp_path / "model.safetensors", header, data)  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match=message):
+        read_header(tmp_path / "model.safetensors")
+    (tmp_path / "short.safetensors").write_bytes(b"\x01\x02")
+    with pytest.raises(CheckpointError, match="too short"):
+        read_header(tmp_path / "short.safetensors")
+
+
+def test_tensors_of_the_wrong_kind_or_mixed_dtypes_are_refused(
+    model: OmniForConditionalGeneration, tmp_path: Path
+) -> None:
+    from omni_core.loading import CheckpointError
+
+    model.save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    vocoder_mean = next(name for name in state if name.endswith("vocoder.mean"))
+    save_file(state | {vocoder_mean: torch.zeros(3)}, str(tmp_path / "model.safetensors"))  # a buffer, misshapen
+    with pytest.raises(CheckpointError, match=r"vocoder\.mean"):
+        OmniForConditionalGeneration.from_pretrained(tmp_path)
+    save_file(
+        state | {"audio_head.from_llm.bias": state["audio_head.from_llm.bias"].long()},
+        str(tmp_path / "model.safetensors"),
+    )
+    with pytest.raises(CheckpointError, match=r"audio_head\.from_llm\.bias"):
+        OmniForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float32)
+    mixed = state | {"audio_head.from_llm.bias": state["audio_head.from_llm.bias"].double()}
+    save_file(mixed, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="pass dtype="):
+        OmniForConditionalGeneration.from_pretrained(tmp_path)
+    assert (
+        OmniForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float32).audio_head.from_llm.bias.dtype
+        == torch.float32
+    )

@@ -107,30 +107,60 @@ def save_lora(model: OmniForConditionalGeneration, settings: LoraSettings, direc
 
 
 def load_lora(model: OmniForConditionalGeneration, directory: str | os.PathLike[str]) -> LoraSettings:
-    """Add the adapters saved in ``directory`` to ``model`` (the base they were trained on)."""
+    """Add the adapters saved in ``directory`` to ``model`` (the base they were trained on).
+
+    Everything is checked before the model is touched: the adapted layers must be this model's, and
+    the file must hold exactly their adapter matrices (an adapter file never writes a base weight).
+    A refused load leaves the model as it was.
+    """
     from peft import set_peft_model_state_dict
 
     directory = Path(directory)
-    settings = LoraSettings(**json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8")))
-    added = add_lora(model, dataclasses.replace(settings, modules=()))
-    if added.modules != settings.modules:
+    try:
+        settings = LoraSettings(**json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
+        raise ValueError(f"no readable {ADAPTER_CONFIG} in {directory} ({type(exc).__name__})") from None
+    if tuple(lora_targets(model, settings)) != settings.modules:
         raise ValueError("the adapters were trained on a model with other layers than this one")
-    result = set_peft_model_state_dict(model, load_file(str(directory / ADAPTER_WEIGHTS)))
-    missing = [name for name in result.missing_keys if "lora_" in name]
-    if missing or result.unexpected_keys:
+    weights = load_file(str(directory / ADAPTER_WEIGHTS))
+    expected = {}
+    for name in settings.modules:
+        layer = model.get_submodule(name)
+        expected[f"{name}.lora_A.weight"] = (settings.r, layer.in_features)
+        expected[f"{name}.lora_B.weight"] = (layer.out_features, settings.r)
+    unexpected = sorted(set(weights) - set(expected))
+    if unexpected or set(expected) - set(weights):
         raise ValueError(
-            f"adapter weights do not match ({len(missing)} missing, {len(result.unexpected_keys)} unexpected)"
+            f"the adapter file does not hold exactly the adapters its config names "
+            f"({len(unexpected)} other tensors, e.g. {unexpected[:1]})"
         )
+    misshapen = [name for name, shape in expected.items() if tuple(weights[name].shape) != shape]
+    if misshapen:
+        raise ValueError(f"adapter {misshapen[0]} has the wrong shape for rank {settings.r}")
+    add_lora(model, dataclasses.replace(settings, modules=()))
+    set_peft_model_state_dict(model, weights)
     return settings
 
 
 def merge_lora(model: OmniForConditionalGeneration) -> None:
     """Fold every adapter into its base layer and remove it: plain layers, as fast as before LoRA."""
+    _unwrap(model, merge=True)
+
+
+def remove_lora(model: OmniForConditionalGeneration) -> None:
+    """Drop every adapter, leaving the base layers as they were (and trainable again)."""
+    _unwrap(model, merge=False)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+
+
+def _unwrap(model: OmniForConditionalGeneration, *, merge: bool) -> None:
     from peft.tuners.lora import LoraLayer
 
     adapted = [(name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer)]
     for name, module in adapted:
-        module.merge()
+        if merge:
+            module.merge()
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent), leaf, module.get_base_layer())
     if hasattr(model, "peft_config"):

@@ -77,14 +77,41 @@ def test_lora_on_every_part_trains_saves_loads_and_merges(
     assert all(torch.allclose(adapted[k], v, atol=1e-4) for k, v in _outputs(served, processor).items())
 
 
-def test_adapters_refuse_a_different_base_and_bad_settings(config: OmniConfig, tmp_path: Path) -> None:
+def test_an_adapter_file_never_writes_a_base_weight_and_a_refused_load_changes_nothing(
+    config: OmniConfig, tmp_path: Path
+) -> None:
+    from peft.tuners.lora import LoraLayer
+    from safetensors.torch import load_file, save_file
+
     model = _fresh(config)
     settings = add_lora(model, LoraSettings(parts=("llm",), r=2))
     save_lora(model, settings, tmp_path)
+    adapter = tmp_path / "adapter_model.safetensors"
+    weights = load_file(str(adapter))
+
+    def refused(target: OmniForConditionalGeneration, message: str) -> None:
+        before = {name: p.clone() for name, p in target.state_dict().items()}
+        trainable = {name for name, p in target.named_parameters() if p.requires_grad}
+        with pytest.raises(ValueError, match=message):
+            load_lora(target, tmp_path)
+        assert not any(isinstance(module, LoraLayer) for module in target.modules())
+        assert not hasattr(target, "peft_config")
+        assert {name for name, p in target.named_parameters() if p.requires_grad} == trainable
+        assert all(torch.equal(before[name], value) for name, value in target.state_dict().items())
+
+    save_file(weights | {"llm.model.norm.weight": torch.full((64,), 7.0)}, str(adapter))  # a base weight smuggled in
+    refused(_fresh(config), "exactly the adapters")
+    save_file({k: v for k, v in weights.items() if "layers.1" not in k}, str(adapter))
+    refused(_fresh(config), "exactly the adapters")
+    save_file({k: v.repeat(2, 1) if "lora_A" in k else v for k, v in weights.items()}, str(adapter))
+    refused(_fresh(config), "wrong shape")
+    save_file(weights, str(adapter))
     other = OmniConfig.from_preset("tiny")
     other.text.num_hidden_layers = 3
-    with pytest.raises(ValueError, match="other layers"):
-        load_lora(OmniForConditionalGeneration(other), tmp_path)
+    refused(OmniForConditionalGeneration(other), "other layers")
+    loaded = _fresh(config)
+    load_lora(loaded, tmp_path)  # the untouched file still loads
+    assert sum(isinstance(module, LoraLayer) for module in loaded.modules()) == len(settings.modules)
     with pytest.raises(ValueError, match="LoRA parts"):
         LoraSettings(parts=("retina",))
     with pytest.raises(ValueError, match="already has LoRA"):

@@ -242,6 +242,8 @@ class OmniConfig:
     """Ids of the multimodal special tokens; empty means appended after the base vocabulary."""
     base_vocab_size: int | None = None
     """Vocabulary of the text backbone before special tokens were added (None: text.vocab_size)."""
+    reserved_token_ids: tuple[int, ...] = ()
+    """Further ids a release reserves for multimodal use without naming them: never text, never written."""
     preset: str = "custom"
 
     def __post_init__(self) -> None:
@@ -263,8 +265,14 @@ class OmniConfig:
         missing = set(SPECIAL_TOKENS) - set(self.special_token_ids)
         if missing:
             raise ValueError(f"special token ids missing: {', '.join(sorted(missing))}")
-        if max(self.special_token_ids.values()) >= self.text.vocab_size:
+        self.reserved_token_ids = tuple(self.reserved_token_ids)
+        ids = [*self.special_token_ids.values(), *self.reserved_token_ids]
+        if max(ids) >= self.text.vocab_size:
             raise ValueError("every special token id must be below the text vocab_size")
+        if len(set(ids)) != len(ids):
+            raise ValueError("special token ids must be distinct")
+        if self.base_vocab_size is not None and min(ids) < self.base_vocab_size:
+            raise ValueError("special token ids must lie beyond the base vocabulary (base_vocab_size)")
 
     @classmethod
     def from_preset(cls, name: str) -> OmniConfig:
@@ -397,6 +405,14 @@ def released_special_token_ids(path: Path = RELEASED_CONFIG) -> dict[str, int]:
     return ids
 
 
+def released_reserved_token_ids(path: Path = RELEASED_CONFIG) -> tuple[int, ...]:
+    """Ids in the release's multimodal token list that its config gives no name (box and reference
+    tokens among them): reserved, so that no text becomes them and the model never writes them."""
+    released = json.loads(path.read_text(encoding="utf-8"))
+    named = set(released_special_token_ids(path).values())
+    return tuple(sorted(set(released["multimodal_special_token_list"]) - named))
+
+
 def _baichuan_omni_7b() -> OmniConfig:
     return OmniConfig(
         vision=VisionConfig(),
@@ -406,6 +422,7 @@ def _baichuan_omni_7b() -> OmniConfig:
         text=TextConfig(bos_token_id=None, eos_token_id=151_645, pad_token_id=151_643),
         speech=SpeechConfig(),
         special_token_ids=released_special_token_ids(),
+        reserved_token_ids=released_reserved_token_ids(),
         base_vocab_size=151_665,  # Qwen2.5's tokenizer: 151,643 tokens and 22 specials
         preset="baichuan-omni-1.5-7b",
     )

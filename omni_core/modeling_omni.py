@@ -452,6 +452,7 @@ class OmniForConditionalGeneration(nn.Module):
         for name, token in self.ids.items():
             if name != "audiogen_start" or not speaking:
                 mask[token] = float("-inf")
+        mask[list(self.config.reserved_token_ids)] = float("-inf")
         return mask
 
     @torch.no_grad()

@@ -15,6 +15,7 @@ tokenizer that still returns a control id is refused, so no user can write the a
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -69,10 +70,17 @@ class SpeechTarget:
     """(frames, speech mel_bins) target mel at the speech decoder's rate."""
 
 
+ROLES = ("system", "user", "assistant")
+
+
 @dataclass
 class Message:
     role: Literal["system", "user", "assistant"]
     parts: list[Part]
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"a message's role is one of {', '.join(ROLES)}")
 
 
 @dataclass
@@ -138,7 +146,13 @@ class OmniProcessor:
         self.tokenizer = tokenizer
         self.ids = config.special_token_ids
         self.chat_start, self.chat_end = self._chat_token(CHAT_START), self._chat_token(CHAT_END)
-        self.control_ids = frozenset({*self.ids.values(), self.chat_start, self.chat_end, *_special_ids(tokenizer)})
+        added = _added_tokens(tokenizer)
+        self.control_ids = frozenset(
+            {*self.ids.values(), *config.reserved_token_ids, self.chat_start, self.chat_end, *added.values()}
+        )
+        # strings the tokenizer would turn into a control id: broken up wherever they appear in text
+        strings = sorted({*added, CHAT_START, CHAT_END}, key=len, reverse=True)
+        self._control_strings = re.compile("|".join(re.escape(string) for string in strings if string))
 
     def _chat_token(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
@@ -149,21 +163,40 @@ class OmniProcessor:
 
     # -- text -------------------------------------------------------------------------------------
     def encode_text(self, text: str) -> list[int]:
-        """Ids of plain text; a special-token string in it stays text."""
-        if hasattr(self.tokenizer, "all_special_ids") and callable(self.tokenizer):  # a transformers tokenizer
-            ids = list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
-        else:
-            ids = list(self.tokenizer.encode(text))
+        """Ids of plain text. A control token's string in it (a special token, any added token, the
+        ChatML markers) stays text: it is encoded in two pieces, so no tokenizer can match it."""
+        ids: list[int] = []
+        position = 0
+        for match in self._control_strings.finditer(text):
+            ids += self._encode_plain(text[position : match.start()])
+            string = match.group()
+            ids += self._encode_plain(string[:1]) + self.encode_text(string[1:])
+            position = match.end()
+        ids += self._encode_plain(text[position:])
         if self.control_ids.intersection(ids):
             raise ControlTokenInText("the tokenizer turned text into control tokens; it must split special tokens")
         if any(not 0 <= i < self.config.text.vocab_size for i in ids):
             raise ValueError("the tokenizer produced ids beyond the text backbone's vocabulary")
         return ids
 
+    def _encode_plain(self, text: str) -> list[int]:
+        if not text:
+            return []
+        if hasattr(self.tokenizer, "all_special_ids") and callable(self.tokenizer):  # a transformers tokenizer
+            return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        return list(self.tokenizer.encode(text))
+
     def stop_token_ids(self) -> tuple[int, ...]:
-        """What ends an answer: the end of a ChatML turn and the tokenizer's own end of sequence."""
+        """What ends an answer: the end of a ChatML turn, the start of another one (a model that
+        begins a turn has finished its own), the tokenizer's end of sequence and ``<|endoftext|>``."""
+        stops = {self.chat_end, self.chat_start}
         eos = getattr(self.tokenizer, "eos_token_id", None)
-        return tuple(sorted({self.chat_end, *([int(eos)] if eos is not None else [])}))
+        if eos is not None:
+            stops.add(int(eos))
+        end_of_text = _added_tokens(self.tokenizer).get("<|endoftext|>")
+        if end_of_text is not None:
+            stops.add(end_of_text)
+        return tuple(sorted(stops))
 
     def sentence_boundary(self, spoken: Sequence[int], next_id: int) -> bool:
         """Did a sentence end before ``next_id``? Decided on decoded text by the speech engines'
@@ -361,12 +394,16 @@ class OmniProcessor:
         return wave[:-fade], wave[-fade:]
 
 
-def _special_ids(tokenizer: object) -> set[int]:
-    """Every id a transformers tokenizer treats as special (its specials and special added tokens)."""
-    ids = {int(i) for i in getattr(tokenizer, "all_special_ids", []) or []}
-    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    ids |= {int(i) for i, token in added.items() if getattr(token, "special", False)}
-    return ids
+def _added_tokens(tokenizer: object) -> dict[str, int]:
+    """Every token a transformers tokenizer matches as a whole string: its special tokens and all its
+    added tokens, special or not (Qwen2.5 leaves ``<tool_call>`` and ``<|fim_*|>`` unflagged)."""
+    found = {
+        str(token.content): int(i) for i, token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+    }
+    specials = getattr(tokenizer, "all_special_tokens", None) or []
+    ids = getattr(tokenizer, "all_special_ids", None) or []
+    found |= {str(token): int(i) for token, i in zip(specials, ids, strict=False)}
+    return found
 
 
 @dataclass(frozen=True)

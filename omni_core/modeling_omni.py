@@ -50,8 +50,9 @@ LOADABLE_PARTS = ("vision", "audio_tokenizer", "audio_embedding", "llm", "audio_
 EMPTY_PARTS = (*LOADABLE_PARTS, "audio_tokenizer.encoder")
 """Parts that can be built empty (on the meta device) to be loaded."""
 
-SentenceBoundary = Callable[[Sequence[int], int], bool]
-"""(text ids written since the last speech span, the next id) -> did a sentence end before it?"""
+SentenceBoundary = Callable[[Sequence[int], int | None], bool]
+"""(text ids written since the last speech span, the next id) -> did a sentence end before it?
+With None for the next id (the answer ends): is there anything left to say?"""
 
 
 @dataclass(frozen=True)
@@ -484,9 +485,10 @@ class OmniForConditionalGeneration(nn.Module):
         speaking = options.speech and self.audio_head is not None
         text_mask = self._text_mask(speaking)
         base, head = self.llm.get_decoder(), self.llm.get_output_embeddings()
+        boundary = options.sentence_boundary if speaking else None
         cache = None
         sequence = new_input = prompt
-        in_speech, frames, written = False, 0, 0
+        in_speech, frames, written, closing = False, 0, 0, False
         unspoken: list[int] = []  # text written since the last speech span
         while True:
             if options.use_cache:
@@ -503,25 +505,37 @@ class OmniForConditionalGeneration(nn.Module):
                     frames += 1
                     yield GenerationStep(audio_codes=codes[0])
                     new_input = self.audio_embedding(codes)[None].to(prompt.dtype)  # (1, 1, H)
-                    sequence = torch.cat([sequence, new_input], dim=1)
+                    if not options.use_cache:
+                        sequence = torch.cat([sequence, new_input], dim=1)
                     continue
                 in_speech, token = False, ids["audiogen_end"]
+            elif closing:
+                token = ids["audiogen_start"]  # the budget is spent: say what is written, then stop
             else:
                 token = self._pick(logits.float() + text_mask, options, generator)
-                if speaking and options.sentence_boundary is not None and unspoken:
-                    ended = token in stops or (token not in ids.values() and options.sentence_boundary(unspoken, token))
+                if boundary is not None and unspoken:
+                    if token in stops:  # say the last sentence before the answer ends
+                        ended = boundary(unspoken, None)
+                    else:
+                        ended = token not in ids.values() and boundary(unspoken, token)
                     if ended:
                         token = ids["audiogen_start"]  # the sentence is written: say it first
             yield GenerationStep(token_id=token)
             written += 1
-            if token in stops or written >= options.max_new_tokens:
+            if token in stops or (closing and token == ids["audiogen_end"]):
                 return
             if token == ids["audiogen_start"] and speaking:
                 in_speech, frames, unspoken = True, 0, []
             elif token not in ids.values():
                 unspoken.append(token)
+            if written >= options.max_new_tokens and not in_speech and not closing:
+                # out of budget: the text still unspoken is said first when sentences are spoken
+                closing = boundary is not None and bool(unspoken) and boundary(unspoken, None)
+                if not closing:
+                    return
             new_input = self.llm.get_input_embeddings()(torch.tensor([[token]], device=device))
-            sequence = torch.cat([sequence, new_input], dim=1)
+            if not options.use_cache:
+                sequence = torch.cat([sequence, new_input], dim=1)
 
     @torch.no_grad()
     def generate(

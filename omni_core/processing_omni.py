@@ -198,12 +198,15 @@ class OmniProcessor:
             stops.add(end_of_text)
         return tuple(sorted(stops))
 
-    def sentence_boundary(self, spoken: Sequence[int], next_id: int) -> bool:
+    def sentence_boundary(self, spoken: Sequence[int], next_id: int | None) -> bool:
         """Did a sentence end before ``next_id``? Decided on decoded text by the speech engines'
-        sentence splitter, so "3.2 cm", "e.g." and "Dr." do not end one."""
+        sentence splitter, so "3.2 cm", "e.g." and "Dr." do not end one. With ``next_id`` None (the
+        answer ends): is there any text left to say?"""
         before = self.tokenizer.decode(list(spoken))
         if not before.strip():
             return False
+        if next_id is None:
+            return True
         after = self.tokenizer.decode([*spoken, next_id])
         return len(split_sentences(after)) > len(split_sentences(before))
 
@@ -304,6 +307,11 @@ class OmniProcessor:
             limit = self.config.audio.max_audio_seconds
             if len(samples) > limit * self.config.audio.sampling_rate:
                 raise ValueError(f"an audio part is longer than {limit} s, the audio tokenizer's window: split it")
+            if samples.ndim != 1 or len(samples) < self.config.audio.n_fft:
+                shortest = 1000 * self.config.audio.n_fft / self.config.audio.sampling_rate
+                raise ValueError(f"an audio part must be mono and at least {shortest:.0f} ms long: record it again")
+            if not np.all(np.isfinite(samples)):
+                raise ValueError("an audio part holds invalid samples (NaN or infinity)")
             mel = torch.from_numpy(log_mel(samples, self.config.audio))
             collected["mels"].append(mel)
             tokens = tokens_for_frames(mel.shape[-1], self.config.audio)
@@ -354,16 +362,17 @@ class OmniProcessor:
         tail: np.ndarray | None = None
         skipped = self.control_ids | {self.config.text.eos_token_id}
         rate = self.config.speech.sampling_rate
+        noise = None if options.seed is None else torch.Generator(device=model.device).manual_seed(options.seed)
         for step in model.stream(inputs.input_ids, options=options, **inputs.model_kwargs()):
             if step.audio_codes is not None:
                 frames.append(step.audio_codes)
                 if len(frames) >= audio_chunk_frames:
-                    audio, tail = self._vocode(model, frames, tail)
+                    audio, tail = self._vocode(model, frames, tail, noise)
                     frames = []
                     yield StreamEvent(audio=audio, sample_rate=rate)
                 continue
             if step.token_id == self.ids["audiogen_end"] and frames:
-                audio, tail = self._vocode(model, frames, tail)
+                audio, tail = self._vocode(model, frames, tail, noise)
                 frames = []
                 yield StreamEvent(audio=audio, sample_rate=rate)
             if step.token_id in skipped:
@@ -374,17 +383,22 @@ class OmniProcessor:
                 yield StreamEvent(text=decoded[len(shown) :])
                 shown = decoded
         if frames:
-            audio, tail = self._vocode(model, frames, tail)
+            audio, tail = self._vocode(model, frames, tail, noise)
             yield StreamEvent(audio=audio, sample_rate=rate)
         if tail is not None and len(tail):
             yield StreamEvent(audio=tail, sample_rate=rate)
 
     def _vocode(
-        self, model: OmniForConditionalGeneration, frames: list[torch.Tensor], tail: np.ndarray | None
+        self,
+        model: OmniForConditionalGeneration,
+        frames: list[torch.Tensor],
+        tail: np.ndarray | None,
+        noise: torch.Generator | None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Flow matching and vocoder over a chunk of frames (the flow's noise from ``noise``)."""
         if model.speech_decoder is None:
             raise ValueError("this model was built without the speech branch")
-        wave = model.speech_decoder(torch.stack(frames)[None])[0].float().cpu().numpy()
+        wave = model.speech_decoder(torch.stack(frames)[None], generator=noise)[0].float().cpu().numpy()
         fade = int(CROSSFADE_S * self.config.speech.sampling_rate)
         if tail is not None and len(tail) and len(wave) > fade:
             ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)

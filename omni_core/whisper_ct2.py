@@ -40,8 +40,17 @@ class CT2Model:
     variables: dict[str, np.ndarray]
 
 
+def _shown(name: str) -> str:
+    """A name from a file, safe to print: quoted, escapes visible, at most 80 characters."""
+    return repr(name[:80])
+
+
 def read_ct2_model(path: str | os.PathLike[str]) -> CT2Model:
-    """Read a CTranslate2 ``model.bin`` (aliases resolved into their own entries)."""
+    """Read a CTranslate2 ``model.bin`` (aliases resolved into their own entries).
+
+    Raises:
+        WhisperConversionError: whatever is wrong with the file (never another exception).
+    """
     data = Path(path).read_bytes()
     offset = 0
 
@@ -63,6 +72,8 @@ def read_ct2_model(path: str | os.PathLike[str]) -> CT2Model:
         if version not in CT2_FORMAT_VERSIONS:
             raise WhisperConversionError(f"CTranslate2 model format {version} is not supported (5 or 6 are)")
         spec = name()
+        if spec != "WhisperSpec":
+            raise WhisperConversionError(f"model.bin holds a {_shown(spec)}, not a Whisper model")
         (revision,) = take("I")
         (count,) = take("I")
         variables: dict[str, np.ndarray] = {}
@@ -74,20 +85,27 @@ def read_ct2_model(path: str | os.PathLike[str]) -> CT2Model:
             (nbytes,) = take("I")
             dtype = CT2_DTYPES.get(type_id)
             if dtype is None:
-                raise WhisperConversionError(f"variable {variable} has a data type ({type_id}) this reader lacks")
+                raise WhisperConversionError(
+                    f"variable {_shown(variable)} has a data type ({type_id}) this reader lacks"
+                )
+            elements = 1
+            for dim in dims:  # Python integers: a product cannot wrap around
+                elements *= dim
             raw = data[offset : offset + nbytes]
             offset += nbytes
-            if len(raw) != nbytes or nbytes != int(np.prod(dims, dtype=np.int64)) * np.dtype(dtype).itemsize:
-                raise WhisperConversionError(f"model.bin is truncated or inconsistent at {variable}")
+            if len(raw) != nbytes or nbytes != elements * np.dtype(dtype).itemsize:
+                raise WhisperConversionError(f"model.bin is truncated or inconsistent at {_shown(variable)}")
             variables[variable] = np.frombuffer(raw, dtype=dtype).reshape(dims).copy()
         (aliases,) = take("I")
         for _ in range(aliases):
             alias, target = name(), name()
+            if target not in variables:
+                raise WhisperConversionError(f"model.bin names an alias of a missing {_shown(target)}")
             variables[alias] = variables[target]
     except struct.error:
         raise WhisperConversionError("model.bin is truncated") from None
-    if spec != "WhisperSpec":
-        raise WhisperConversionError(f"model.bin holds a {spec}, not a Whisper model")
+    except UnicodeDecodeError:
+        raise WhisperConversionError("model.bin holds a name that is not UTF-8") from None
     if any(key.endswith("weight_scale") for key in variables):
         raise WhisperConversionError("model.bin is int8-quantized: converting it back would not be lossless")
     return CT2Model(spec, revision, variables)
@@ -232,13 +250,20 @@ def convert_ct2_whisper(source: str | os.PathLike[str], target: str | os.PathLik
         if not (source / required).is_file():
             raise WhisperConversionError(f"{source} is not a CTranslate2 Whisper folder (no {required})")
     model = read_ct2_model(source / "model.bin")
-    ct2_config = json.loads((source / "config.json").read_text(encoding="utf-8"))
-    tokenizer_json = json.loads((source / "tokenizer.json").read_text(encoding="utf-8"))
+    try:
+        ct2_config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+        tokenizer_json = json.loads((source / "tokenizer.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise WhisperConversionError("the folder's config.json or tokenizer.json is unreadable") from None
     try:
         state = hf_state_dict(model)
         config, generation = hf_configs(model, ct2_config, tokenizer_json)
     except KeyError as missing:
-        raise WhisperConversionError(f"model.bin lacks {missing.args[0]}") from None
+        raise WhisperConversionError(f"model.bin or tokenizer.json lacks {_shown(str(missing.args[0]))}") from None
+    except (ValueError, TypeError, AttributeError, IndexError) as exc:  # shapes that do not split, odd values
+        if isinstance(exc, WhisperConversionError):
+            raise
+        raise WhisperConversionError(f"model.bin does not have Whisper's layout ({type(exc).__name__})") from None
     with building_folder(target) as staging:
         save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "source": "ctranslate2"})
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -16,7 +16,10 @@ from .conftest import conversation
 def _conversations(config: OmniConfig) -> list[list[Message]]:
     return [
         conversation(config),  # images, audio, speech
-        [Message("user", [Part("text", "Any effusion?")]), Message("assistant", [Part("text", "None.")])],
+        [
+            Message("user", [Part("image", torch.rand(1, 1, 28, 56)), Part("text", "Any effusion?")]),
+            Message("assistant", [Part("text", "None.")]),
+        ],
     ]
 
 
@@ -28,7 +31,8 @@ def test_the_collator_pads_and_concatenates_in_conversation_order(config: OmniCo
     assert batch.input_ids.shape == batch.labels.shape == batch.attention_mask.shape == (2, longest)
     assert (batch.input_ids[1, short:] == 0).all() and (batch.labels[1, short:] == IGNORE).all()
     assert batch.attention_mask[1].sum() == short and batch.attention_mask[0].all()
-    assert torch.equal(batch.pixel_patches, items[0].pixel_patches)
+    assert torch.equal(batch.pixel_patches, torch.cat([items[0].pixel_patches, items[1].pixel_patches]))
+    assert batch.image_grid_thw.tolist() == items[0].image_grid_thw.tolist() + items[1].image_grid_thw.tolist()
     assert batch.speech_lengths == [4] and len(batch.audio_mel) == 1
     left = OmniCollator(pad_token_id=0, padding_side="left")(items)
     assert (left.input_ids[1, : longest - short] == 0).all() and torch.equal(
@@ -38,19 +42,23 @@ def test_the_collator_pads_and_concatenates_in_conversation_order(config: OmniCo
         OmniCollator(pad_token_id=0)([])
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
 def test_a_batch_gives_the_same_losses_as_its_conversations_one_by_one(
-    model: OmniForConditionalGeneration, processor: OmniProcessor
+    model: OmniForConditionalGeneration, processor: OmniProcessor, side: str
 ) -> None:
+    """Images in both conversations, audio and speech in one: each lands in its own placeholders."""
     model.eval()
     items = [processor(messages) for messages in _conversations(model.config)]
-    batch = OmniCollator(pad_token_id=0)(items)
+    batch = OmniCollator(pad_token_id=0, padding_side=side)(items)  # type: ignore[arg-type]
     with torch.no_grad():
         together = model(**batch.forward_kwargs(), losses=("text",)).loss
         alone = [model(**item.forward_kwargs(), losses=("text",)).loss for item in items]
+        head_together = model(**batch.forward_kwargs(), losses=("audio_head",)).loss
+        head_alone = model(**items[0].forward_kwargs(), losses=("audio_head",)).loss
     counts = [int((item.labels[0, 1:] != IGNORE).sum()) for item in items]
-    assert torch.allclose(
-        together * sum(counts), sum(loss * n for loss, n in zip(alone, counts, strict=True)), atol=1e-4
-    )
+    weighted = sum(loss * n for loss, n in zip(alone, counts, strict=True))
+    assert torch.allclose(together * sum(counts), weighted, atol=1e-4)
+    assert torch.allclose(head_together, head_alone, atol=1e-5)
 
 
 def test_left_padded_batches_predict_what_each_prompt_predicts_alone(

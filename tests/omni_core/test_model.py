@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -212,3 +213,39 @@ def test_sentence_ends_are_decided_on_decoded_text(
     tokenizer = processor.tokenizer
     spoken, following = tokenizer.encode(written), tokenizer.encode(next_text)
     assert processor.sentence_boundary(spoken, following[0]) is ends
+
+
+def test_an_answer_cut_by_its_budget_still_speaks_what_it_wrote(config: OmniConfig, processor: OmniProcessor) -> None:
+    torch.manual_seed(0)
+    model = OmniForConditionalGeneration(config).eval()
+    special = config.special_token_ids
+    text = processor.tokenizer.encode("No")
+    # calls: "N", "o" (the budget is spent), the span opens without a pick, 1 frame, end
+    _force_tokens(model, {0: text[0], 1: text[1], 3: special["audiogen_pad"], 4: special["audiogen_end"]})
+    options = processor.decoding_options(DecodingOptions(max_new_tokens=2, max_audio_frames=5))
+    result = model.generate(torch.tensor([[5, 6, 7]]), options=options)
+    assert result.token_ids == [*text, special["audiogen_start"], special["audiogen_pad"], special["audiogen_end"]]
+
+
+def test_whitespace_left_at_the_end_is_not_spoken(config: OmniConfig, processor: OmniProcessor) -> None:
+    torch.manual_seed(0)
+    model = OmniForConditionalGeneration(config).eval()
+    space = processor.tokenizer.encode(" ")[0]
+    _force_tokens(model, {0: space, 1: 2})  # " ", then the end of the turn
+    options = processor.decoding_options(DecodingOptions(max_new_tokens=8, max_audio_frames=5))
+    assert model.generate(torch.tensor([[5, 6, 7]]), options=options).token_ids == [space, 2]
+
+
+def test_the_same_seed_gives_the_same_spoken_audio(config: OmniConfig, processor: OmniProcessor) -> None:
+    torch.manual_seed(0)
+    model = OmniForConditionalGeneration(config).eval()
+    waves = []
+    for _ in range(2):
+        model._forward_hooks.clear()
+        model.llm.lm_head._forward_hooks.clear()
+        _force_tokens(model, _span(config, 1, 3))
+        events = processor.stream(
+            model, conversation(config)[:1], speak_sentences=False, options=DecodingOptions(max_new_tokens=4, seed=5)
+        )
+        waves.append(np.concatenate([e.audio for e in events if e.audio is not None]))
+    assert len(waves[0]) and np.array_equal(waves[0], waves[1])

@@ -78,3 +78,9 @@ def test_audio_longer_than_the_tokenizer_window_is_refused(config: OmniConfig, p
     too_long = np.zeros(16_000 * (config.audio.max_audio_seconds + 1), dtype=np.float32)
     with pytest.raises(ValueError, match="split it"):
         processor([Message("user", [Part("audio", too_long)])])
+
+
+@pytest.mark.parametrize("samples", [np.zeros(0), np.zeros(50), np.full(16_000, np.nan), np.zeros((2, 8_000))])
+def test_empty_tiny_or_broken_audio_is_a_clear_error(processor: OmniProcessor, samples: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="audio part"):
+        processor([Message("user", [Part("audio", samples.astype(np.float32))])])

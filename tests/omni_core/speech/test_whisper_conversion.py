@@ -11,6 +11,7 @@ after 200 steps; on a 1.1 s clip the two are level: 0.024 against 0.017).
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import jiwer
@@ -134,7 +135,45 @@ def test_convert_whisper_command(tiny_en_ct2: Path, tmp_path: Path) -> None:
         (broken / name).write_bytes((tiny_en_ct2 / name).read_bytes())
     (broken / "model.bin").write_bytes((tiny_en_ct2 / "model.bin").read_bytes()[:100_000])
     truncated = runner.invoke(cli, ["convert-whisper", str(broken), "--out", str(tmp_path / "y")])
-    assert truncated.exit_code == 1 and "truncated" in truncated.output and "Traceback" not in truncated.output
+    assert truncated.exit_code == 1 and "truncated" in truncated.output
+    assert isinstance(truncated.exception, SystemExit)  # a typed, reported failure: nothing escaped
     assert not (tmp_path / "y").exists() and not list(tmp_path.glob(".y-*"))  # nothing half-written
     with pytest.raises(WhisperConversionError):
         read_ct2_model(broken / "model.bin")
+
+
+def _name(text: str | bytes) -> bytes:
+    raw = text if isinstance(text, bytes) else text.encode()
+    return struct.pack("<H", len(raw)) + raw
+
+
+def _variable(name: str | bytes, dims: tuple[int, ...], type_id: int, payload: bytes) -> bytes:
+    header = _name(name) + struct.pack("<B", len(dims)) + struct.pack("<" + "I" * len(dims), *dims)
+    return header + struct.pack("<BI", type_id, len(payload)) + payload
+
+
+WHISPER_HEAD = struct.pack("<I", 6) + _name("WhisperSpec") + struct.pack("<I", 3)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (struct.pack("<I", 6) + _name("\x1b[31mTransformerSpec") + struct.pack("<I", 3), r"'\\x1b\[31mTrans"),
+        (struct.pack("<I", 99), "format 99"),
+        (
+            WHISPER_HEAD + struct.pack("<I", 1) + _variable(b"\xff\xfe", (1,), 4, b"\0\0") + struct.pack("<I", 0),
+            "UTF-8",
+        ),
+        (WHISPER_HEAD + struct.pack("<II", 0, 1) + _name("a") + _name("gone"), "alias of a missing"),
+        (
+            WHISPER_HEAD + struct.pack("<I", 1) + _variable("x", (1 << 31, 1 << 31, 4), 4, b"") + struct.pack("<I", 0),
+            "inconsistent",
+        ),
+        (WHISPER_HEAD + struct.pack("<I", 1) + _variable("x", (2,), 9, bytes(8)) + struct.pack("<I", 0), "data type"),
+        (WHISPER_HEAD + struct.pack("<I", 5), "truncated"),
+    ],
+)
+def test_a_crafted_model_bin_is_a_typed_error(tmp_path: Path, content: bytes, message: str) -> None:
+    (tmp_path / "model.bin").write_bytes(content)
+    with pytest.raises(WhisperConversionError, match=message):
+        read_ct2_model(tmp_path / "model.bin")

@@ -172,3 +172,15 @@ def test_presets_round_trip_through_json(tmp_path: Path) -> None:
         assert OmniConfig.load(tmp_path / f"{name}.json") == config
     with pytest.raises(ValueError, match="unknown preset"):
         OmniConfig.from_preset("gigantic")
+
+
+def test_special_token_ids_must_be_distinct_and_beyond_the_text_vocabulary() -> None:
+    ids = OmniConfig.from_preset("tiny").special_token_ids
+    with pytest.raises(ValueError, match="distinct"):
+        OmniConfig.from_preset("tiny").__class__(
+            special_token_ids=ids | {"audio_pad": ids["image_pad"]}, base_vocab_size=128
+        )
+    with pytest.raises(ValueError, match="beyond the base vocabulary"):
+        OmniConfig(special_token_ids=ids | {"audio_pad": 5}, base_vocab_size=128)
+    released = OmniConfig.from_preset("baichuan-omni-1.5-7b")
+    assert set(released.reserved_token_ids) == {151_683, 151_684, 151_685, 151_686, 151_687}

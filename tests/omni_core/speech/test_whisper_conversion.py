@@ -3,9 +3,9 @@
 Figures when written (Piper dictations of clinical_sentences.txt, greedy decoding, no lexicon
 correction): word error rate 0.223 with transformers in float32, 0.226 with faster-whisper in float32
 (0.248 with its default int8). The audio tokenizer started
-from tiny.en's encoder (frozen), 100 steps of AdamW 1e-3 on a 4 s spoken sentence: mel L1 0.066 with
-the rotary mel decoder against 0.107 with the position-free one it replaced (0.019 against 0.027
-after 200 steps; on a 1.1 s clip the two are level: 0.024 against 0.017).
+from tiny.en's encoder (frozen), 150 steps of AdamW 1e-3 on a 4 s spoken sentence, seeds 0/1/2: mel L1
+0.070/0.039/0.046 with the rotary mel decoder, 0.035/0.089/0.054 with the position-free one it
+replaced (medians 0.046 against 0.054): the seed moves it more than positions do.
 """
 
 from __future__ import annotations
@@ -101,11 +101,13 @@ def test_the_demo_audio_tokenizer_starts_from_tiny_en(tiny_en: Path) -> None:
     assert not encoder.embed_positions.weight.requires_grad  # Whisper's positions stay fixed
 
 
-def test_mel_reconstruction_learns_faster_with_positions(tiny_en: Path, piper: PiperSynthesizer) -> None:
-    """The tokenizer from tiny.en's encoder (frozen), RVQ and mel decoder trained on one 4 s sentence."""
+def test_the_tokenizer_learns_to_reconstruct_mel_from_tiny_en(tiny_en: Path, piper: PiperSynthesizer) -> None:
+    """The tokenizer from tiny.en's encoder (frozen), RVQ and mel decoder trained on one 4 s sentence:
+    the reconstruction beats half the error of predicting each mel bin's mean (0.066 to 0.13 by seed)."""
     config = OmniConfig.from_preset("demo-cpu")
     spoken = piper.synthesize_sentence("There is a small nodule in the right upper lobe, measuring four millimetres.")
     mel = torch.from_numpy(log_mel(to_16k(spoken, piper.sample_rate), config.audio))[None]
+    mean_predictor = (mel - mel.mean(-1, keepdim=True)).abs().mean().item()  # 0.335 for this clip
     torch.manual_seed(0)
     tokenizer = OmniForConditionalGeneration.from_components(config, whisper=tiny_en).audio_tokenizer.train()
     tokenizer.encoder.requires_grad_(False)
@@ -115,7 +117,7 @@ def test_mel_reconstruction_learns_faster_with_positions(tiny_en: Path, piper: P
         optimizer.zero_grad()
         (output.mel_loss + 0.25 * output.commit_loss).backward()
         optimizer.step()
-    assert output.mel_loss.item() < 0.085  # 0.066 measured; the position-free decoder reached 0.107
+    assert output.mel_loss.item() < 0.5 * mean_predictor
 
 
 def test_convert_whisper_command(tiny_en_ct2: Path, tmp_path: Path) -> None:

@@ -14,9 +14,24 @@ export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install install-dev serve test lint contracts pytest test-slow bench clean
+# Debian packages the default path needs (espeak-ng: the speech fallback, required by the tests).
+SYSTEM_COMMANDS := espeak-ng
+
+.PHONY: install install-dev system serve test lint contracts pytest test-slow bench clean
 
 install: $(INSTALL_STAMP)
+
+# Installs what is missing with apt-get when run as root; otherwise prints the one command to run.
+system:
+	@missing=""; for command in $(SYSTEM_COMMANDS); do command -v $$command >/dev/null || missing="$$missing $$command"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600$$missing >/dev/null; \
+	  else \
+	    echo "omniclinic needs system packages; run: sudo apt-get install -y$$missing" >&2; exit 1; \
+	  fi; \
+	fi
 
 install-dev: $(DEV_STAMP)
 
@@ -33,7 +48,7 @@ $(DEV_STAMP): $(INSTALL_STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
-serve: $(INSTALL_STAMP)
+serve: system $(INSTALL_STAMP)
 	$(BIN)/omniclinic serve $(ARGS)
 
 lint: $(DEV_STAMP)
@@ -43,7 +58,7 @@ lint: $(DEV_STAMP)
 contracts: $(DEV_STAMP)
 	$(BIN)/lint-imports --no-cache
 
-pytest: $(DEV_STAMP)
+pytest: system $(DEV_STAMP)
 	$(BIN)/pytest
 
 test: lint contracts pytest

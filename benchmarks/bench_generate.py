@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from omni_core import DecodingOptions, OmniConfig, OmniForConditionalGeneration, OmniProcessor
+from omni_core.modeling_audio import tokens_for_frames
 from omni_core.processing_omni import Message, Part
 
 NEW_TOKENS = 48
@@ -51,7 +52,7 @@ def encoded_over_the_whole_window(model: OmniForConditionalGeneration) -> Iterat
         frames = mel.shape[-1] if mel_frames is None else mel_frames
         full = torch.nn.functional.pad(mel, (0, window - mel.shape[-1]))
         output = own_length(full, torch.as_tensor(frames).reshape(-1), reconstruct)
-        output.codes = output.codes[:, : -(-mel.shape[-1] // (2 * model.config.audio.avg_pooler))]
+        output.codes = output.codes[:, : tokens_for_frames(mel.shape[-1], model.config.audio)]
         return output
 
     tokenizer.forward = padded  # type: ignore[method-assign]

@@ -22,7 +22,7 @@ from vector_quantize_pytorch import ResidualVQ
 
 from omni_core.configuration_omni import AudioConfig
 from omni_core.loading import empty_weights
-from omni_core.modeling_layers import Transformer
+from omni_core.modeling_layers import Transformer, frame_mask
 
 
 def log_mel(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
@@ -156,12 +156,13 @@ class AudioTokenizer(nn.Module):
         per_token = 2 * self.config.avg_pooler  # mel frames under one token
         tokens = tokens_for_frames(frames, self.config)
         token_lengths = (lengths + per_token - 1) // per_token  # (B,)
-        token_mask = torch.arange(tokens, device=mel.device)[None] < token_lengths[:, None]  # (B, T)
-        real = torch.arange(frames, device=mel.device)[None] < lengths[:, None]  # (B, F)
+        token_mask = frame_mask(token_lengths, tokens)  # (B, T)
+        real = frame_mask(lengths, frames)  # (B, F)
         level = silence_level(mel, real)  # (B,)
         padded = torch.cat([mel, mel.new_zeros(batch, mel.shape[1], tokens * per_token + 1 - frames)], dim=-1)
-        within = torch.arange(padded.shape[-1], device=mel.device)[None] < lengths[:, None]
-        padded = torch.where(within[:, None], padded, level[:, None, None].to(padded.dtype))
+        padded = torch.where(
+            frame_mask(lengths, padded.shape[-1])[:, None], padded, level[:, None, None].to(padded.dtype)
+        )
         hidden = self._encode(padded, token_mask.repeat_interleave(self.config.avg_pooler, dim=1))
         pooled = hidden.unflatten(1, (tokens, self.config.avg_pooler)).mean(dim=2)  # (B, T, d)
         quantized, codes, commit = self.rvq(pooled, mask=None if mel_frames is None else token_mask)
@@ -174,17 +175,17 @@ class AudioTokenizer(nn.Module):
             output.reconstructed_mel = reconstructed
         return output
 
-    def _encode(self, mel: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """Whisper's encoder on (B, num_mel_bins, 2 * E + 1) -> (B, E, d), attending to ``frame_mask`` (B, E)."""
+    def _encode(self, mel: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        """Whisper's encoder on (B, num_mel_bins, 2 * E + 1) -> (B, E, d), attending to ``attend`` (B, E)."""
         encoder = self.encoder
         hidden = F.gelu(encoder.conv1(mel.to(encoder.conv1.weight.dtype)))
-        hidden = F.gelu(encoder.conv2(hidden)).transpose(1, 2)[:, : frame_mask.shape[1]]  # (B, E, d)
+        hidden = F.gelu(encoder.conv2(hidden)).transpose(1, 2)[:, : attend.shape[1]]  # (B, E, d)
         hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
         attention_mask = None
-        if not bool(frame_mask.all()):
+        if not bool(attend.all()):
             blocked = torch.finfo(hidden.dtype).min
-            attention_mask = torch.zeros(frame_mask.shape, dtype=hidden.dtype, device=hidden.device)
-            attention_mask = attention_mask.masked_fill(~frame_mask, blocked)[:, None, None, :]  # (B, 1, 1, E)
+            attention_mask = torch.zeros(attend.shape, dtype=hidden.dtype, device=hidden.device)
+            attention_mask = attention_mask.masked_fill(~attend, blocked)[:, None, None, :]  # (B, 1, 1, E)
         for layer in encoder.layers:
             hidden = layer(hidden, attention_mask)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden

@@ -18,6 +18,11 @@ from torch.utils.checkpoint import checkpoint
 ROTARY_BASE = 10_000.0
 
 
+def frame_mask(lengths: torch.Tensor, total: int) -> torch.Tensor:
+    """(B,) lengths -> (B, total) True at real frames: the padding mask of a batch of sequences."""
+    return torch.arange(total, device=lengths.device)[None] < lengths[:, None]
+
+
 def rotary_angles(length: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the rotary angles for positions ``0..length-1``: each (length, head_dim)."""
     inv_freq = 1.0 / ROTARY_BASE ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)

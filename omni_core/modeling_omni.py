@@ -35,11 +35,11 @@ from omni_core.loading import (
     iter_tensors,
     meta_tensors,
     place,
-    read_header,
     safetensors_files,
 )
 from omni_core.losses import chunked_cross_entropy
 from omni_core.modeling_audio import AudioEmbedding, AudioTokenizer, pad_mels, tokens_for_frames
+from omni_core.modeling_layers import Transformer
 from omni_core.modeling_speech_decoder import AudioHead, SpeechDecoder
 from omni_core.modeling_vision import OmniVisionEncoder
 
@@ -163,10 +163,6 @@ class OmniForConditionalGeneration(nn.Module):
     def device(self) -> torch.device:
         return self.llm.get_input_embeddings().weight.device
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.llm.get_input_embeddings().weight.dtype
-
     # -- parts, freezing, memory ------------------------------------------------------------------
     def part(self, name: str) -> list[nn.Parameter]:
         """Parameters of one named part (``PARTS``)."""
@@ -203,8 +199,6 @@ class OmniForConditionalGeneration(nn.Module):
         self._set_checkpointing(False)
 
     def _set_checkpointing(self, enabled: bool) -> None:
-        from omni_core.modeling_layers import Transformer
-
         for pretrained in (self.llm, self.vision.tower, self.audio_tokenizer.encoder):
             if enabled:
                 pretrained.activation_checkpointing_enable({"use_reentrant": False})
@@ -441,8 +435,8 @@ class OmniForConditionalGeneration(nn.Module):
             logits = logits.masked_fill(logits < kth, float("-inf"))
         if options.top_p < 1:
             ordered, order = torch.sort(logits, descending=True)
-            cumulative = F.softmax(ordered, -1).cumsum(-1)
-            drop = cumulative - F.softmax(ordered, -1) >= options.top_p  # keep the token that crosses p
+            probabilities = F.softmax(ordered, -1)
+            drop = probabilities.cumsum(-1) - probabilities >= options.top_p  # keep the token that crosses p
             logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
         return int(torch.multinomial(F.softmax(logits, -1), 1, generator=generator))
 
@@ -588,18 +582,18 @@ class OmniForConditionalGeneration(nn.Module):
         directory = Path(directory)
         config = OmniConfig.load(directory / CONFIG_NAME)
         device = torch.device(device)
-        files = safetensors_files(directory)
-        if dtype is None:
-            stored = {entry.dtype for file in files for entry in read_header(file) if entry.dtype.is_floating_point}
-            if len(stored) > 1:
-                raise CheckpointError(f"the weights mix {sorted(map(str, stored))}: pass dtype= to load them")
         with torch.device(device):
             model = cls(config, empty_parts=LOADABLE_PARTS)
         expected = set(model.state_dict())
         found: set[str] = set()
-        for name, tensor in _tensors_once(files, device, None):
+        stored: set[torch.dtype] = set()
+        for name, tensor in _tensors_once(safetensors_files(directory), device, None):
             if name not in expected:
                 raise CheckpointError(f"weights do not match the config (unexpected {name})")
+            if dtype is None and tensor.is_floating_point():
+                stored.add(tensor.dtype)
+                if len(stored) > 1:  # "as stored" must be one dtype
+                    raise CheckpointError(f"the weights mix {sorted(map(str, stored))}: pass dtype= to load them")
             place(model, name, tensor, device=device, dtype=dtype)
             found.add(name)
         model._finish_loading(device, dtype, expected - found)

@@ -21,7 +21,7 @@ from torch import nn
 from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
 from omni_core.configuration_omni import AudioConfig, SpeechConfig
-from omni_core.modeling_layers import Transformer
+from omni_core.modeling_layers import Transformer, frame_mask
 
 
 class AudioHead(nn.Module):
@@ -80,11 +80,6 @@ def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     frequencies = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device) / half)
     angles = t.float()[:, None] * 1000 * frequencies[None]
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
-
-
-def frame_mask(lengths: torch.Tensor, total: int) -> torch.Tensor:
-    """(B,) lengths -> (B, total) True at real frames."""
-    return torch.arange(total, device=lengths.device)[None] < lengths[:, None]
 
 
 class FlowMatchingDecoder(nn.Module):

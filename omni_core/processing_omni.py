@@ -8,8 +8,9 @@ object with ``encode``, ``decode`` and ``convert_tokens_to_ids``). The chat temp
     <|im_start|>assistant\n answer <audiogen_start><audiogen_pad>...<audiogen_end><|im_end|>\n
 
 Control tokens (the template's and the model's) are inserted by id and never parsed out of text:
-questions, transcripts, notes and DICOM header facts are encoded with special tokens split, and a
-tokenizer that still returns a control id is refused, so no user can write the assistant's turn.
+questions, transcripts, notes and DICOM header facts are encoded with every control token's string
+broken in two, and a tokenizer that still returns a control id is refused, so no user can write the
+assistant's turn.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ class OmniProcessor:
         self.tokenizer = tokenizer
         self.ids = config.special_token_ids
         self.chat_start, self.chat_end = self._chat_token(CHAT_START), self._chat_token(CHAT_END)
-        added = _added_tokens(tokenizer)
+        self._added = added = _added_tokens(tokenizer)
         self.control_ids = frozenset(
             {*self.ids.values(), *config.reserved_token_ids, self.chat_start, self.chat_end, *added.values()}
         )
@@ -193,7 +194,7 @@ class OmniProcessor:
         eos = getattr(self.tokenizer, "eos_token_id", None)
         if eos is not None:
             stops.add(int(eos))
-        end_of_text = _added_tokens(self.tokenizer).get("<|endoftext|>")
+        end_of_text = self._added.get("<|endoftext|>")
         if end_of_text is not None:
             stops.add(end_of_text)
         return tuple(sorted(stops))

@@ -14,8 +14,9 @@ export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-# Debian packages the default path needs (espeak-ng: the speech fallback, required by the tests).
-SYSTEM_COMMANDS := espeak-ng
+# Debian packages the default path and the tests need, as COMMAND:PACKAGE[,PACKAGE] (the command shows
+# whether it is installed): espeak-ng speaks when Piper is absent; tesseract reads text burned into pixels.
+SYSTEM_PACKAGES := espeak-ng:espeak-ng tesseract:tesseract-ocr,tesseract-ocr-eng
 
 .PHONY: install install-dev system serve test lint contracts pytest test-slow bench clean
 
@@ -23,7 +24,8 @@ install: $(INSTALL_STAMP)
 
 # Installs what is missing with apt-get when run as root; otherwise prints the one command to run.
 system:
-	@missing=""; for command in $(SYSTEM_COMMANDS); do command -v $$command >/dev/null || missing="$$missing $$command"; done; \
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+	  command -v $${entry%%:*} >/dev/null || missing="$$missing $$(echo $${entry#*:} | tr , ' ')"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing system packages:$$missing"; \
@@ -66,7 +68,7 @@ test: lint contracts pytest
 test-slow: $(DEV_STAMP)
 	$(BIN)/pytest -m slow
 
-bench: $(DEV_STAMP)
+bench: system $(DEV_STAMP)
 	@set -e; shopt -s nullglob; scripts=(benchmarks/bench_*.py); [ $${#scripts[@]} -gt 0 ] || echo "no benchmarks yet"; \
 	for script in "$${scripts[@]}"; do echo "== $$script"; $(BIN)/python $$script; done
 

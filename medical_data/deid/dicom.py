@@ -7,8 +7,12 @@
 - Patient Name and Patient ID become a keyed pseudonym (a dummy value the profile allows), so a
   patient's studies stay linked for training without revealing who they are.
 - With the retain-dates option, dates move by a per-patient number of days (keyed too).
+- Attributes the table does not name get a safety net by value representation (``_safety_net``):
+  names emptied, UIDs remapped, dates shifted or emptied, URLs and free text removed (but for a short
+  list of technical attributes), at any depth.
+- Text burned into the pixels is found with OCR and masked (``burned_in``); objects whose pixels
+  cannot be cleared are quarantined unless their modality is allowed.
 - PatientIdentityRemoved, DeidentificationMethod and its code sequence record what was done.
-- Objects that may carry identity burned into the pixels are quarantined unless allowed.
 """
 
 from __future__ import annotations
@@ -17,24 +21,28 @@ import hashlib
 import hmac
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID_dictionary
 
+from medical_data.deid.burned_in import PixelTextError, PixelTextRedactor, RedactionResult
 from medical_data.deid.profile import (
     BASIC_PROFILE_CODE,
+    CLEAN_PIXEL_DATA_CODE,
     OPTION_CODES,
     ConfidentialityProfile,
     ProfileOptions,
     basic_profile,
 )
 from medical_data.deid.text import KnownIdentifiers, TextScrubber
-from medical_data.dicom_io import is_sequence, quiet_pydicom, typed_dicom_errors
+from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, is_sequence, quiet_pydicom, typed_dicom_errors
 from medical_data.errors import MedicalDataError
 
 PATIENT_NAME, PATIENT_ID, TIMEZONE_OFFSET = 0x00100010, 0x00100020, 0x00080201
@@ -57,10 +65,44 @@ DUMMY_BY_VR = {
 DEFAULT_TEXT_DUMMY = "ANONYMIZED"
 MAX_DATE_SHIFT_DAYS = 730
 DEFAULT_OPTIONS = ProfileOptions()
+DEFAULT_REDACTOR = PixelTextRedactor()
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
-ULTRASOUND_CLASSES = frozenset(
-    {"1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.3.1", "1.2.840.10008.5.1.4.1.1.6.2"}
+CROSS_SECTIONAL_MODALITIES = frozenset({"CT", "MR", "PT", "NM"})
+"""Modalities whose missing BurnedInAnnotation flag is trusted: their pixels are reconstructed, not drawn on."""
+FREE_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UT", "UC"})
+DATE_VRS = frozenset({"DA", "DT"})
+# Free text outside Table E.1-1 that devices write, not people: kept by the safety net unless it holds
+# one of the patient's header identifiers. Everything else in a free-text VR that the table does not
+# name (TextValue, DocumentTitle, vendor-defined comments, retired attributes) is removed.
+TECHNICAL_TEXT_KEYWORDS = (
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SoftwareVersions",
+    "SecondaryCaptureDeviceManufacturer",
+    "SecondaryCaptureDeviceManufacturerModelName",
+    "SecondaryCaptureDeviceSoftwareVersions",
+    "CodeValue",
+    "LongCodeValue",
+    "CodingSchemeDesignator",
+    "CodingSchemeVersion",
+    "CodeMeaning",
+    "ConvolutionKernel",
+    "FilterType",
+    "SequenceName",
+    "PulseSequenceName",
+    "ImagedNucleus",
+    "ReceiveCoilName",
+    "TransmitCoilName",
+    "TransducerData",
+    "RescaleType",
+    "ModalityLUTType",
+    "LUTExplanation",
+    "WindowCenterWidthExplanation",
+    "PositionReferenceIndicator",
+    "DimensionDescriptionLabel",
+    "DeidentificationMethod",
 )
+TECHNICAL_TEXT_TAGS = frozenset(int(tag_for_keyword(keyword)) for keyword in TECHNICAL_TEXT_KEYWORDS)
 
 
 class BurnedInAnnotationError(MedicalDataError):
@@ -69,19 +111,34 @@ class BurnedInAnnotationError(MedicalDataError):
     code = "quarantined_burned_in"
 
 
+def burned_in_modality(dataset: Dataset) -> str:
+    """The modality an ``--allow-burned-in`` list names this object by: SC for secondary captures."""
+    if str(dataset.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE_PREFIX):
+        return "SC"
+    return str(dataset.get("Modality", "") or "OT").strip().upper()
+
+
 def burned_in_risk(dataset: Dataset) -> str | None:
-    """Why the pixels may carry identity, or None when the header says they do not."""
+    """Why the pixels may carry identifying text, or None when they need no check.
+
+    A missing BurnedInAnnotation flag is trusted only for cross-sectional modalities (CT, MR, PT, NM);
+    secondary captures, ultrasound, radiographs and everything else may have text drawn on them.
+    """
+    if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
+        return None
     flag = str(dataset.get("BurnedInAnnotation", "")).strip().upper()
     if flag and flag != "NO":
         return f"BurnedInAnnotation is {flag}"
     if flag == "NO":
         return None
-    sop_class = str(dataset.get("SOPClassUID", ""))
-    if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
+    modality = burned_in_modality(dataset)
+    if modality == "SC":
         return "secondary capture without a BurnedInAnnotation flag"
-    if sop_class in ULTRASOUND_CLASSES or dataset.get("Modality") == "US":
+    if modality in CROSS_SECTIONAL_MODALITIES:
+        return None
+    if modality == "US":
         return "ultrasound without a BurnedInAnnotation flag"
-    return None
+    return f"{modality} image without a BurnedInAnnotation flag"
 
 
 @dataclass
@@ -90,6 +147,8 @@ class DeidOutcome:
 
     actions: Counter[str] = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
+    pixel_text: RedactionResult | None = None
+    """What burned-in text redaction did, when it ran."""
 
 
 class DicomDeidentifier:
@@ -99,8 +158,12 @@ class DicomDeidentifier:
         site_secret: key for UIDs, pseudonyms and date shifts; the same key gives the same output.
         options: Annex E options on top of the Basic Profile.
         scrubber: cleans free text when an option keeps descriptions (built on demand if None).
-        allow_burned_in: write objects that may show identity in the pixels (with a warning).
+        allow_burned_in: modalities (``US``, ``SC``, ``CR``, ...) whose objects are written, with a
+            warning, even when the pixels may still show identity after redaction.
         method_label: text for DeidentificationMethod (0012,0063).
+        redactor: finds and masks text in the pixels (OCR); None to never touch pixels (such objects
+            are then quarantined unless their modality is allowed).
+        limits: decoding bounds for the pixels redaction reads.
     """
 
     def __init__(
@@ -109,9 +172,11 @@ class DicomDeidentifier:
         site_secret: bytes,
         options: ProfileOptions = DEFAULT_OPTIONS,
         scrubber: TextScrubber | None = None,
-        allow_burned_in: bool = False,
+        allow_burned_in: Iterable[str] = (),
         method_label: str = "omniclinic",
         profile: ConfidentialityProfile | None = None,
+        redactor: PixelTextRedactor | None = DEFAULT_REDACTOR,
+        limits: DicomLimits = DEFAULT_LIMITS,
     ) -> None:
         if len(site_secret) < 16:
             raise ValueError("the site secret must be at least 16 bytes")
@@ -119,10 +184,26 @@ class DicomDeidentifier:
         self.options = options
         self.profile = profile or basic_profile()
         self._scrubber = scrubber
-        self.allow_burned_in = allow_burned_in
+        if isinstance(allow_burned_in, str | bool):
+            raise TypeError("allow_burned_in takes modality codes, e.g. ('US', 'SC')")
+        self.allow_burned_in = frozenset(m.strip().upper() for m in allow_burned_in if m.strip())
         self.method_label = method_label
+        self.redactor = redactor
+        self.limits = limits
+        self._known_pattern: re.Pattern[str] | None = None
         self._safe_private = {(c, g, e) for c, g, e in options.safe_private}
         self._action_for = self.profile.resolved(options)
+
+    def __getstate__(self) -> dict[str, object]:
+        """Picklable for worker processes: the table closure and the text scrubber are rebuilt there."""
+        state = dict(self.__dict__)
+        state["_action_for"] = None
+        state["_scrubber"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._action_for = self.profile.resolved(self.options)
 
     # -- keyed identities ------------------------------------------------------------------------
     def _digest(self, purpose: str, value: str) -> bytes:
@@ -153,30 +234,63 @@ class DicomDeidentifier:
             DicomRejected: a value in the file is malformed.
         """
         outcome = DeidOutcome()
-        risk = burned_in_risk(dataset)
-        if risk is not None:
-            if not self.allow_burned_in:
-                raise BurnedInAnnotationError(f"quarantined: {risk}")
-            outcome.warnings.append(f"written although {risk}: burned-in text may remain")
+        self._clear_pixels(dataset, outcome)
         patient_key = str(dataset.get("PatientID", "") or dataset.get("StudyInstanceUID", ""))
-        # Free text is cleaned (not removed) only under these options; its identifiers come from the
-        # header before the walk changes it.
-        cleans_text = self.options.clean_descriptors or self.options.retain_patient_characteristics
-        known = KnownIdentifiers.from_dataset(dataset) if cleans_text else KnownIdentifiers()
+        # Identifiers named by the header, taken before the walk changes it: free text that the options
+        # keep is cleaned of them, and technical text that holds one is removed.
+        known = KnownIdentifiers.from_dataset(dataset)
         shift = timedelta(days=self.date_shift_days(patient_key))
         transfer_syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
 
         with quiet_pydicom():
+            self._known_pattern = None
             self._walk(dataset, outcome.actions, known, shift)
             dataset.PatientName = dataset.PatientID = self.pseudonym(patient_key)  # also where they were absent
             dataset.PatientIdentityRemoved = "YES"
             dataset.DeidentificationMethod = self._method_text()
-            dataset.DeidentificationMethodCodeSequence = Sequence(self._method_codes())
+            dataset.DeidentificationMethodCodeSequence = Sequence(self._method_codes(outcome.pixel_text is not None))
             if "retain_dates" in self.options.enabled:
                 dataset.LongitudinalTemporalInformationModified = "MODIFIED"
             dataset.preamble = b"\0" * 128  # a preamble can hold a whole TIFF header, with identity
             dataset.file_meta = self._file_meta(dataset, transfer_syntax)
         return outcome
+
+    def _clear_pixels(self, dataset: Dataset, outcome: DeidOutcome) -> None:
+        """Redact text burned into the pixels, or quarantine the object when it cannot be cleared.
+
+        Raises:
+            BurnedInAnnotationError: identity may remain in the pixels and the modality is not allowed.
+        """
+        modality = burned_in_modality(dataset)
+        allowed = modality in self.allow_burned_in
+        if str(dataset.get("RecognizableVisualFeatures", "")).strip().upper() == "YES":
+            reason = "RecognizableVisualFeatures is YES (a face or other feature may be recognisable)"
+            if not allowed:
+                raise BurnedInAnnotationError(f"quarantined: {reason}")
+            outcome.warnings.append(f"written although {reason} (allowed for {modality})")
+        risk = burned_in_risk(dataset)
+        if risk is None:
+            return
+        if self.redactor is None:
+            reason = f"{risk}; pixel text redaction is off"
+        elif not self.redactor.available():
+            reason = f"{risk}; OCR (tesseract-ocr) is not installed to redact it"
+        else:
+            try:
+                result = self.redactor.redact(dataset, self.limits)
+            except PixelTextError as exc:
+                reason = f"{risk}; {exc.reason}"
+            else:
+                outcome.actions["pixel_text_regions_masked"] += result.regions
+                if result.cleared:
+                    dataset.BurnedInAnnotation = "NO"
+                    outcome.pixel_text = result
+                    return
+                reason = f"{risk}; text was still found after {result.rounds} rounds of masking"
+        if not allowed:
+            raise BurnedInAnnotationError(f"quarantined: {reason}")
+        dataset.BurnedInAnnotation = "YES"
+        outcome.warnings.append(f"written although {reason}: burned-in text may remain (allowed for {modality})")
 
     def _walk(self, dataset: Dataset, counts: Counter[str], known: KnownIdentifiers, shift: timedelta) -> None:
         """Apply the table to every element, into every sequence item, without recursion.
@@ -213,7 +327,10 @@ class DicomDeidentifier:
         self, ds: Dataset, tag: BaseTag, number: int, counts: Counter[str], known: KnownIdentifiers, shift: timedelta
     ) -> None:
         action = self._action_for(number)
-        if action is None or action == "K":
+        if action is None:
+            self._safety_net(ds, tag, number, counts, known, shift)
+            return
+        if action == "K":
             return
         if action == "X":
             del ds[tag]
@@ -226,6 +343,47 @@ class DicomDeidentifier:
         elif action == "C":
             action = self._clean(ds, ds[tag], known, shift)
         counts[action] += 1
+
+    def _safety_net(
+        self, ds: Dataset, tag: BaseTag, number: int, counts: Counter[str], known: KnownIdentifiers, shift: timedelta
+    ) -> None:
+        """An attribute Table E.1-1 does not name, handled by what its value representation can hold.
+
+        PN emptied; UI remapped (UIDs the standard defines are kept); DA and DT shifted with the
+        patient's dates under the retain-dates option, else emptied, and TM kept only under it; UR
+        removed; free text removed unless it is technical (``TECHNICAL_TEXT_KEYWORDS``) and holds none
+        of the patient's header identifiers; unknown public attributes (UN) removed.
+        """
+        vr = _raw_vr(ds, tag, number)
+        retains_dates = self.options.retain_dates
+        if vr == "PN":
+            ds[tag].value = ""
+        elif vr == "UI":
+            self._remap(ds[tag])
+        elif vr in DATE_VRS:
+            element = ds[tag]
+            element.value = _shift_dates(element.value, shift, vr) if retains_dates and element.value else ""
+        elif vr == "TM":
+            if retains_dates:
+                return
+            ds[tag].value = ""
+        elif vr == "UR" or vr == "UN":
+            del ds[tag]
+        elif vr in FREE_TEXT_VRS:
+            if number in TECHNICAL_TEXT_TAGS and not self._holds_identifier(ds[tag].value, known):
+                return
+            del ds[tag]
+        else:
+            return  # codes, numbers, ages, bytes and sequences (walked) hold no free identity
+        counts["safety_net"] += 1
+
+    def _holds_identifier(self, value: object, known: KnownIdentifiers) -> bool:
+        if not known.values:
+            return False
+        if self._known_pattern is None:
+            alternatives = "|".join(re.escape(v) for v in sorted(known.values, key=len, reverse=True))
+            self._known_pattern = re.compile(rf"(?i)(?<!\w)(?:{alternatives})(?!\w)")
+        return self._known_pattern.search(str(value or "")) is not None
 
     def _keeps_private(self, ds: Dataset, tag: BaseTag) -> bool:
         if not self._safe_private:
@@ -284,8 +442,10 @@ class DicomDeidentifier:
         text = f"{self.method_label}: PS3.15 E.1.1 Basic Profile" + (f" with {options}" if options else "")
         return text[:64]
 
-    def _method_codes(self) -> list[Dataset]:
+    def _method_codes(self, pixels_cleaned: bool = False) -> list[Dataset]:
         codes = [BASIC_PROFILE_CODE] + [OPTION_CODES[name] for name in self.options.enabled]
+        if pixels_cleaned:
+            codes.append(CLEAN_PIXEL_DATA_CODE)
         items = []
         for value, meaning in codes:
             item = Dataset()
@@ -301,6 +461,18 @@ class DicomDeidentifier:
         if transfer_syntax:
             meta.TransferSyntaxUID = transfer_syntax
         return meta
+
+
+def _raw_vr(ds: Dataset, tag: BaseTag, number: int) -> str:
+    """The element's VR without converting it; the dictionary's for implicit VR and UN; UN when unknown."""
+    raw = ds.get_item(tag)
+    vr = getattr(raw, "VR", None)
+    if vr in (None, "UN"):
+        try:
+            return dictionary_VR(number)
+        except KeyError:
+            return "UN"
+    return str(vr)
 
 
 def _empty(element: DataElement) -> None:

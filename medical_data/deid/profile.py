@@ -25,6 +25,7 @@ OPTION_COLUMNS = {
 }
 # DICOM CID 7050 codes written to DeidentificationMethodCodeSequence.
 BASIC_PROFILE_CODE = ("113100", "Basic Application Confidentiality Profile")
+CLEAN_PIXEL_DATA_CODE = ("113101", "Clean Pixel Data Option")
 OPTION_CODES = {
     "retain_dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
     "retain_patient_characteristics": ("113108", "Retain Patient Characteristics Option"),

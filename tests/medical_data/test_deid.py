@@ -13,7 +13,6 @@ from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, generate_uid
 
 from medical_data.deid import (
-    BurnedInAnnotationError,
     DicomDeidentifier,
     ProfileOptions,
     basic_profile,
@@ -167,18 +166,6 @@ def test_overlays_and_curves_are_removed() -> None:
     assert 0x60003000 not in ds and 0x60004000 not in ds and 0x60000010 in ds
 
 
-def test_burned_in_annotations_are_quarantined() -> None:
-    flagged = _patient_slice()
-    flagged.BurnedInAnnotation = "YES"
-    with pytest.raises(BurnedInAnnotationError, match="BurnedInAnnotation is YES"):
-        _deid(flagged)
-    ultrasound = read_dicom(shipped_file("US1_UNCR.dcm"))
-    with pytest.raises(BurnedInAnnotationError, match="ultrasound"):
-        _deid(ultrasound)
-    DicomDeidentifier(site_secret=SECRET, allow_burned_in=True).deidentify(ultrasound)
-    assert ultrasound.PatientIdentityRemoved == "YES"
-
-
 def test_preamble_is_cleared() -> None:
     ds = _patient_slice()
     ds.preamble = b"TIFF Doe^Jane".ljust(128, b"\0")
@@ -195,7 +182,7 @@ def test_batch_report_and_tree(tmp_path: Path, write_dicom) -> None:  # type: ig
     for index in range(3):
         write_dicom(_patient_slice(study_uid=study, series_uid=series, instance_number=index), f"in/{index}.dcm")
     flagged = _patient_slice()
-    flagged.BurnedInAnnotation = "YES"
+    flagged.RecognizableVisualFeatures = "YES"  # a face may show: quarantined whatever the pixel text
     write_dicom(flagged, "in/flagged.dcm")
     (tmp_path / "in" / "broken.dcm").write_bytes(shipped_file("CT_small.dcm").read_bytes()[:5000])
     report = tmp_path / "report.jsonl"

@@ -7,9 +7,10 @@ import string
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -35,8 +36,28 @@ OPTION_SETS = [
 CARRIER = "ReferencedImageSequence"
 
 
+IDENTITY_VRS = {"PN", "UI", "DA", "DT", "UR", "LO", "LT", "SH", "ST", "UT", "UC"}
+"""Value representations that can hold a name, an ID, a UID, a date or a URL (codes and numbers cannot)."""
+
+
+def _dictionary_candidates(options: ProfileOptions) -> list[int]:
+    """Every public attribute in pydicom's dictionary with such a VR that this option set does not keep.
+
+    Most are not in Table E.1-1 at all: they reach the output only through the safety net by VR.
+    """
+    profile = basic_profile()
+    tags = []
+    for tag, (vr, _vm, _name, _retired, keyword) in DicomDictionary.items():
+        if tag >> 16 <= 0x0002 or vr not in IDENTITY_VRS or keyword in ("PatientName", "PatientID"):
+            continue
+        if profile.action_for(tag, options) == "K":
+            continue
+        tags.append(tag)
+    return sorted(tags)
+
+
 def _candidates(options: ProfileOptions) -> list[int]:
-    """Table attributes that this option set does not keep, with a VR we can fill."""
+    """Table attributes and dictionary attributes that this option set does not keep, with a VR we can fill."""
     profile = basic_profile()
     tags = []
     for tag in sorted(profile.exact):
@@ -49,7 +70,10 @@ def _candidates(options: ProfileOptions) -> list[int]:
             continue
         if vr in SHORT_VRS | TEXT_VRS | {"PN", "UI", "DA"}:
             tags.append(tag)
-    return tags
+    fillable = [
+        tag for tag in _dictionary_candidates(options) if dictionary_VR(tag) in TEXT_VRS | {"SH", "PN", "UI", "DA"}
+    ]
+    return sorted(set(tags) | set(fillable))
 
 
 CANDIDATES = {index: _candidates(options) for index, options in enumerate(OPTION_SETS)}
@@ -104,6 +128,56 @@ def test_injected_identifiers_never_survive_in_the_output_bytes(case: tuple[int,
     data = buffer.getvalue()
     survivors = [secret for secret in secrets if secret in data]
     assert survivors == [], f"identifiers survived under {OPTION_SETS[option_index]}"
+
+
+def _nested(depth: int) -> tuple[Dataset, list[Dataset]]:
+    """A dataset with a chain of kept sequences ``depth`` items deep: (root, the items from the top)."""
+    root = make_ct_slice()
+    items, parent = [root], root
+    for _ in range(depth):
+        item = Dataset()
+        parent.ReferencedImageSequence = Sequence([item])
+        items.append(item)
+        parent = item
+    return root, items
+
+
+@pytest.mark.parametrize("option_index", range(len(OPTION_SETS)))
+def test_identifiers_in_every_dictionary_attribute_never_survive(option_index: int) -> None:
+    """The patient's name and ID (free text, names) or a unique UID, date or URL in every attribute of
+    pydicom's dictionary that can hold one, at the top level and three sequences deep."""
+    options = OPTION_SETS[option_index]
+    family, given_name, patient_id = "QXFAMILYNM", "QXGIVENNM", "QX81726354"
+    candidates = _dictionary_candidates(options)
+    assert len(candidates) > 900  # the dictionary: over 500 of these are not in Table E.1-1
+    dataset, items = _nested(3)
+    dataset.PatientName, dataset.PatientID = f"{family}^{given_name}", patient_id
+    secrets: dict[bytes, str] = {family.encode(): "name", given_name.encode(): "name", patient_id.encode(): "ID"}
+    for index, tag in enumerate(candidates):
+        vr, keyword = dictionary_VR(tag), keyword_for_tag(tag)
+        target = items[index % len(items)]
+        if vr == "UI":
+            value = f"1.2.826.0.1.3680043.8.498.{700000 + index}"
+            secrets[value.encode()] = keyword
+        elif vr in ("DA", "DT"):
+            value = f"19{10 + index % 90}{1 + index % 12:02d}{10 + index % 19}" + ("101500" if vr == "DT" else "")
+            secrets[value.encode()] = keyword
+        elif vr == "UR":
+            value = f"https://pacs.example.org/patient/{900000 + index}"
+            secrets[value.encode()] = keyword
+        elif vr == "PN":
+            value = f"{family}^{given_name}"
+        elif vr == "SH":
+            value = patient_id
+        else:
+            value = f"Seen by {given_name} {family} ({patient_id})"
+        target.add_new(tag, vr, value)
+    DicomDeidentifier(site_secret=SECRET, options=options, redactor=None).deidentify(dataset)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    survivors = sorted({where for secret, where in secrets.items() if secret in data})
+    assert survivors == [], f"identifiers survived under {options}"
 
 
 FUZZ_SEEDS = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -46,7 +47,7 @@ def _deidentifier(
     retain_patient_characteristics: bool,
     clean_descriptors: bool,
     keep_private: list[str],
-    allow_burned_in: bool,
+    allow_burned_in: str,
 ):  # type: ignore[no-untyped-def]
     from app import __version__
     from medical_data.deid import DicomDeidentifier, ProfileOptions
@@ -62,7 +63,10 @@ def _deidentifier(
     except SettingsError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     return DicomDeidentifier(
-        site_secret=secret, options=options, allow_burned_in=allow_burned_in, method_label=f"omniclinic {__version__}"
+        site_secret=secret,
+        options=options,
+        allow_burned_in=_parse_modalities(allow_burned_in),
+        method_label=f"omniclinic {__version__}",
     )
 
 
@@ -98,8 +102,23 @@ KeepPrivate = Annotated[
     list[str], typer.Option("--keep-private", help="Keep a safe private attribute: CREATOR:GGGG:EE (repeatable).")
 ]
 AllowBurnedIn = Annotated[
-    bool, typer.Option("--allow-burned-in", help="Write objects whose pixels may show identity (not quarantined).")
+    str,
+    typer.Option(
+        "--allow-burned-in",
+        metavar="MODALITIES",
+        help="Modalities (e.g. US,SC) written with a warning when their pixel text cannot be cleared.",
+    ),
 ]
+MODALITY_CODE = re.compile(r"[A-Z][A-Z0-9]{1,15}")
+
+
+def _parse_modalities(value: str) -> tuple[str, ...]:
+    """``US,SC`` to ("US", "SC"); anything that is not a list of DICOM modality codes is a usage error."""
+    codes = tuple(part.strip().upper() for part in value.split(",") if part.strip())
+    wrong = [code for code in codes if not MODALITY_CODE.fullmatch(code)]
+    if wrong:
+        raise fail(f"--allow-burned-in takes modality codes such as US,SC; {wrong[0]!r} is not one", EXIT_USAGE)
+    return codes
 
 
 def deid(
@@ -110,7 +129,7 @@ def deid(
     retain_patient_characteristics: RetainCharacteristics = False,
     clean_descriptors: CleanDescriptors = False,
     keep_private: KeepPrivate = [],  # noqa: B006 - typer reads the default, never mutates it
-    allow_burned_in: AllowBurnedIn = False,
+    allow_burned_in: AllowBurnedIn = "",
     report: Annotated[Path | None, typer.Option(help="JSON-lines report [default: in the data folder].")] = None,
 ) -> None:
     """De-identify DICOM studies. Exit 0 when every file was written, 1 when any was quarantined or rejected."""
@@ -153,7 +172,7 @@ def ingest(
     retain_patient_characteristics: RetainCharacteristics = False,
     clean_descriptors: CleanDescriptors = False,
     keep_private: KeepPrivate = [],  # noqa: B006
-    allow_burned_in: AllowBurnedIn = False,
+    allow_burned_in: AllowBurnedIn = "",
     cache: Annotated[bool, typer.Option(help="Cache model-ready tensors (MONAI PersistentDataset).")] = True,
     max_frames: Annotated[int, typer.Option(min=2, max=1024, help="Frames kept per series.")] = 32,
 ) -> None:

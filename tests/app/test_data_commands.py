@@ -24,7 +24,8 @@ SECRETS = ("Rivera", "Tomas", "H9912345", "ACC777")
 
 @pytest.fixture
 def hospital(tmp_path: Path) -> Path:
-    """A small hospital export: one CT series with a report, an MR image, an ultrasound, a cut file."""
+    """A small hospital export: one CT series with a report, an MR image, an ultrasound (its pixel text is
+    masked), an external photograph that shows a face (quarantined), a cut file."""
     root = tmp_path / "export"
     (root / "ct").mkdir(parents=True)
     study, series = generate_uid(), generate_uid()
@@ -40,6 +41,9 @@ def hospital(tmp_path: Path) -> Path:
         ds.save_as(root / "ct" / f"{index}.dcm", enforce_file_format=True)
     shutil.copy(get_testdata_file("MR_small.dcm"), root / "mr.dcm")
     shutil.copy(get_testdata_file("US1_UNCR.dcm"), root / "us.dcm")
+    photo = make_ct_slice(study_uid=generate_uid(), series_uid=generate_uid())
+    photo.Modality, photo.RecognizableVisualFeatures = "XC", "YES"
+    photo.save_as(root / "photo.dcm", enforce_file_format=True)
     (root / "cut.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes()[:3000])
     (root / "reports.csv").write_text(
         'accession_number,text\nACC777,"Tomas Rivera (H9912345): 6 mm nodule, right lower lobe."\n', encoding="utf-8"
@@ -57,9 +61,9 @@ def test_deid_writes_a_clean_tree_and_exits_1_on_problems(
     out = tmp_path / "deid"
     result = runner.invoke(cli, ["deid", str(hospital), "--out", str(out), "--report", str(tmp_path / "r.jsonl")])
     assert result.exit_code == 1, result.output
-    assert "written 5, quarantined 1, rejected 2" in result.stdout  # the cut file and the CSV are rejected
+    assert "written 6, quarantined 1, rejected 2" in result.stdout  # the cut file and the CSV are rejected
     written = sorted(out.rglob("*.dcm"))
-    assert len(written) == 5
+    assert len(written) == 6
     text = _all_text(out)
     assert not any(secret in text for secret in SECRETS)
     lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
@@ -106,6 +110,7 @@ def test_deid_options_reach_the_files(hospital: Path, tmp_path: Path) -> None:
         (["--keep-private", "nonsense"], "CREATOR:GGGG:EE"),
         (["--keep-private", "X:0010:10"], "group must be odd"),
         (["--profile", "strict"], "strict"),
+        (["--allow-burned-in", "US,all of them"], "modality codes"),
     ],
 )
 def test_deid_usage_errors_exit_2(hospital: Path, tmp_path: Path, arguments: list[str], message: str) -> None:
@@ -126,20 +131,20 @@ def test_deid_missing_source_and_file_as_out_exit_2(hospital: Path, tmp_path: Pa
 def test_ingest_builds_a_dataset_and_resumes(hospital: Path, tmp_path: Path, isolated_settings: Path) -> None:
     out = tmp_path / "dataset"
     first = runner.invoke(cli, ["ingest", str(hospital), "--out", str(out)])
-    assert first.exit_code == 1, first.output  # the ultrasound is quarantined, the cut file skipped and listed
+    assert first.exit_code == 1, first.output  # the photograph is quarantined, the cut file skipped and listed
     assert "skipped" in first.stdout and "cut.dcm" in first.stdout
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert sorted(entry["modality"] for entry in manifest) == ["CT", "MR"]
+    assert sorted(entry["modality"] for entry in manifest) == ["CT", "MR", "US"]
     ct = next(entry for entry in manifest if entry["modality"] == "CT")
     assert ct["instances"] == 4 and ct["cached"] and ct["report"]
     report = (out / ct["report"]).read_text()
     assert "6 mm nodule, right lower lobe" in report
     assert not any(secret in _all_text(out) for secret in SECRETS)
     assert not any(str(hospital) in line for line in (out / "manifest.jsonl").read_text().splitlines())
-    assert len(list((out / "cache").glob("*.pt"))) == 2
+    assert len(list((out / "cache").glob("*.pt"))) == 3
 
     again = runner.invoke(cli, ["ingest", str(hospital), "--out", str(out)])
-    assert "written 0, already done 7" in again.stdout, again.output
+    assert "written 0, already done 8" in again.stdout, again.output
 
     from medical_data.ingest import cached_dataset
 
@@ -160,7 +165,7 @@ def test_inspect_summarizes_without_identity(hospital: Path) -> None:
     assert "not readable as DICOM" in result.stdout
     assert not any(secret in result.stdout for secret in ("Rivera", "H9912345"))
     payload = json.loads(runner.invoke(cli, ["inspect", str(hospital), "--json"]).stdout)
-    assert {s["modality"] for study in payload["studies"] for s in study["series"]} == {"CT", "MR", "US"}
+    assert {s["modality"] for study in payload["studies"] for s in study["series"]} == {"CT", "MR", "US", "XC"}
 
 
 def test_inspect_nothing_readable_exits_1(tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
 """Dictations and voice queries to 16 kHz mono float32, with PyAV (FFmpeg; no system ffmpeg needed).
 
-Reads wav, flac, ogg/opus, webm and mp3 (anything FFmpeg demuxes). Size is checked before decoding
-and duration while decoding, so an over-long upload stops early instead of filling memory.
+Reads wav, flac, ogg/opus, webm/matroska, mp3, AAC and mp4/m4a (phones' voice memos). The container
+is recognised from its first bytes and opened with that one demuxer: FFmpeg is never left to probe,
+as its probing would also accept playlists (HLS, concat) that open other files. Size is checked
+before decoding, for paths and streams alike, and duration while decoding, so an over-long upload
+stops early instead of filling memory.
 """
 
 from __future__ import annotations
@@ -20,6 +23,27 @@ from medical_data.files import size_within
 
 SAMPLE_RATE = 16_000
 MiB = 1024 * 1024
+ALLOWED_DEMUXERS = frozenset({"wav", "flac", "ogg", "matroska", "mp3", "aac", "mov"})
+"""The only FFmpeg demuxers audio is opened with, chosen by ``container_of`` from the first bytes."""
+
+
+def container_of(head: bytes) -> str | None:
+    """The demuxer for a file that starts with ``head`` (its first 12 bytes or more), or None."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:4] == b"\x1aE\xdf\xa3":
+        return "matroska"
+    if head[4:8] == b"ftyp":
+        return "mov"
+    if head[:3] == b"ID3":
+        return "mp3"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:  # an MPEG audio frame sync
+        return "aac" if head[1] & 0x06 == 0 else "mp3"  # layer bits 00: ADTS AAC
+    return None
 
 
 @dataclass(frozen=True)
@@ -61,11 +85,15 @@ def decode_audio(
         AudioDecodeError: not audio, corrupt, or holds no audio stream.
     """
     handle = _open_bounded(source, limits)
+    demuxer = container_of(handle.read(12))
+    handle.seek(0)
+    if demuxer not in ALLOWED_DEMUXERS:
+        raise AudioDecodeError("not a recognised audio container (wav, flac, ogg, webm, mp3, aac, m4a)")
     max_samples = int(limits.max_seconds * SAMPLE_RATE)
     chunks: list[np.ndarray] = []
     total = 0
     try:
-        with av.open(handle, mode="r") as container:
+        with av.open(handle, mode="r", format=demuxer) as container:
             stream = next((s for s in container.streams if s.type == "audio"), None)
             if stream is None:
                 raise AudioDecodeError("the file holds no audio stream")
@@ -104,19 +132,28 @@ def _append(chunks: list[np.ndarray], frame: av.AudioFrame) -> int:
     return len(array)
 
 
-def _open_bounded(source: str | os.PathLike[str] | bytes | BinaryIO, limits: AudioLimits) -> str | BinaryIO:
-    if isinstance(source, bytes):
-        if len(source) > limits.max_bytes:
-            raise AudioLimitError(f"audio is {len(source)} bytes, over the {limits.max_bytes} byte limit")
-        if not source:
-            raise AudioDecodeError("the audio is empty")
-        return io.BytesIO(source)
+def _open_bounded(source: str | os.PathLike[str] | bytes | BinaryIO, limits: AudioLimits) -> BinaryIO:
+    """A seekable stream over at most ``limits.max_bytes`` bytes, whatever the source.
+
+    Paths are measured before they are opened; other streams are read into memory one byte past the
+    limit at most, so a stream costs no more than a file of the same size.
+    """
     if isinstance(source, str | os.PathLike):
         path = Path(source)
-        size = size_within(
-            path, limits.max_bytes, what="audio", limit_error=AudioLimitError, read_error=AudioDecodeError
-        )
-        if size == 0:
-            raise AudioDecodeError("the audio file is empty")
-        return str(path)  # PyAV opens and closes it
-    return source
+        size_within(path, limits.max_bytes, what="audio", limit_error=AudioLimitError, read_error=AudioDecodeError)
+        try:
+            source = path.read_bytes()
+        except OSError as exc:
+            raise AudioDecodeError(f"cannot read the audio file ({exc.strerror})") from None
+    elif not isinstance(source, bytes):
+        try:
+            source = source.read(limits.max_bytes + 1)
+        except (OSError, ValueError) as exc:
+            raise AudioDecodeError(f"cannot read the audio stream ({type(exc).__name__})") from None
+        if not isinstance(source, bytes):
+            raise AudioDecodeError("the audio stream is not binary")
+    if len(source) > limits.max_bytes:
+        raise AudioLimitError(f"audio holds over {limits.max_bytes} bytes, the byte limit")
+    if not source:
+        raise AudioDecodeError("the audio is empty")
+    return io.BytesIO(source)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import struct
 import tempfile
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +26,12 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
     AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -58,9 +62,11 @@ class DicomLimits:
     """Sequences nested deeper than this are refused (real IODs nest a handful of levels)."""
     max_pixel_bytes: int = 2 * GiB
     """Decoded pixel data larger than this (rows x columns x frames x samples x bytes) is refused."""
+    max_inflated_bytes: int = 2 * GiB
+    """A Deflated Explicit VR Little Endian dataset that inflates past this is refused (a deflate bomb)."""
 
     def __post_init__(self) -> None:
-        if self.max_file_bytes <= 0 or self.max_sequence_depth <= 0 or self.max_pixel_bytes <= 0:
+        if min(self.max_file_bytes, self.max_sequence_depth, self.max_pixel_bytes, self.max_inflated_bytes) <= 0:
             raise ValueError("DICOM limits must be positive")
 
 
@@ -143,12 +149,8 @@ def read_dicom(
     Raises:
         DicomRejected: subclasses say why (not DICOM, truncated, over a limit).
     """
-    if isinstance(source, str | os.PathLike):
-        size = size_within(
-            Path(source), limits.max_file_bytes, what="DICOM", limit_error=DicomLimitError, read_error=DicomRejected
-        )
-        if size == 0:
-            raise NotDicomError("file is empty")
+    source = _bounded_source(source, limits)
+    _check_deflated(source, limits)
     with quiet_pydicom():
         try:
             try:
@@ -187,6 +189,76 @@ def read_dicom(
         except Exception as exc:  # pydicom raises many types (ValueError, BytesLengthException, ...) on bad input
             raise DicomRejected(f"malformed DICOM ({type(exc).__name__})") from None
     return dataset
+
+
+def _bounded_source(source: str | os.PathLike[str] | BinaryIO, limits: DicomLimits) -> str | BinaryIO:
+    """A path whose size is within the limit, or a stream with no more than ``max_file_bytes`` left.
+
+    A seekable stream is measured from where it stands; any other is read into memory, one byte past
+    the limit at most, so a stream costs no more than a file of the same size.
+    """
+    if isinstance(source, str | os.PathLike):
+        size = size_within(
+            Path(source), limits.max_file_bytes, what="DICOM", limit_error=DicomLimitError, read_error=DicomRejected
+        )
+        if size == 0:
+            raise NotDicomError("file is empty")
+        return str(source)
+    try:
+        if source.seekable():
+            start = source.tell()
+            size = source.seek(0, os.SEEK_END) - start
+            source.seek(start)
+        else:
+            source = io.BytesIO(source.read(limits.max_file_bytes + 1))
+            size = len(source.getbuffer())
+    except (OSError, ValueError) as exc:
+        raise DicomRejected(f"cannot read the DICOM stream ({type(exc).__name__})") from None
+    if size > limits.max_file_bytes:
+        raise DicomLimitError(f"DICOM stream holds over {limits.max_file_bytes} bytes, the limit")
+    if size == 0:
+        raise NotDicomError("the stream is empty")
+    return source
+
+
+def _check_deflated(source: str | BinaryIO, limits: DicomLimits) -> None:
+    """Inflate a Deflated Explicit VR Little Endian dataset with a bound before pydicom inflates it whole.
+
+    pydicom inflates the rest of the file in one ``zlib.decompress`` call, so a few kilobytes can ask
+    for gigabytes. The file meta group is read first; only a deflated transfer syntax costs more.
+
+    Raises:
+        DicomLimitError: the dataset inflates past ``limits.max_inflated_bytes``.
+        TruncatedDicomError: the deflated bytes are corrupt or cut.
+    """
+    handle = open(source, "rb") if isinstance(source, str) else source  # noqa: SIM115 - closed below
+    start = handle.tell()
+    try:
+        with quiet_pydicom():
+            try:
+                read_preamble(handle, True)
+                deflated = _read_file_meta_info(handle).get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+            except Exception:  # not this function's to judge: dcmread reports it with its reason
+                return
+        if not deflated:
+            return
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        inflated = 0
+        try:
+            while chunk := handle.read(1024 * 1024):
+                inflated += len(inflater.decompress(chunk, limits.max_inflated_bytes + 1 - inflated))
+                if inflated > limits.max_inflated_bytes or inflater.unconsumed_tail:
+                    raise DicomLimitError(f"deflated dataset inflates past the {limits.max_inflated_bytes} byte limit")
+            inflated += len(inflater.flush())
+        except zlib.error:
+            raise TruncatedDicomError("the deflated dataset is corrupt") from None
+        if not inflater.eof:
+            raise TruncatedDicomError("the deflated dataset ends early")
+    finally:
+        if isinstance(source, str):
+            handle.close()
+        else:
+            handle.seek(start)
 
 
 def _fill_transfer_syntax(dataset: FileDataset) -> None:

@@ -11,6 +11,7 @@ import itertools
 import os
 import shutil
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 from pydicom.fileset import FileSet
 
 from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom, typed_dicom_errors
-from medical_data.errors import ArchiveRejected, MedicalDataError
+from medical_data.errors import ArchiveMemberRejected, ArchiveRejected, MedicalDataError
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,17 @@ class ScanResult:
     rejected: list[Rejection] = field(default_factory=list)
 
 
-def _extract_zip(archive: Path, destination: Path, limits: ArchiveLimits) -> Iterator[InputFile]:
+def _extract_zip(
+    archive: Path, destination: Path, limits: ArchiveLimits, rejected: list[Rejection] | None
+) -> Iterator[InputFile]:
+    """Extract each member under a generated name; an unusable member is rejected and the rest go on.
+
+    Members are shown as ``archive.zip!N`` (their index): a member's name is whatever the sender
+    typed, often the patient's name, and never reaches a report or a path.
+    """
     try:
         handle = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise ArchiveRejected(f"not a readable zip ({type(exc).__name__})") from None
     with handle:
         members = [info for info in handle.infolist() if not info.is_dir()]
@@ -100,14 +108,39 @@ def _extract_zip(archive: Path, destination: Path, limits: ArchiveLimits) -> Ite
             raise ArchiveRejected(f"zip inflates to {total} bytes, over the limit of {limits.max_total_bytes}")
         destination.mkdir(parents=True, exist_ok=True)
         for index, info in enumerate(members):
-            if info.flag_bits & 0x1:
-                raise ArchiveRejected("zip members are encrypted")
-            if info.compress_size and info.file_size / info.compress_size > limits.max_ratio:
-                raise ArchiveRejected("a zip member inflates suspiciously far (zip bomb)")
+            display_name = f"{archive}!{index}"
             target = destination / f"{index:06d}.member"
-            with handle.open(info) as source, open(target, "wb") as sink:
-                shutil.copyfileobj(source, sink, length=1024 * 1024)
-            yield InputFile(target, f"{archive}!{info.filename}")
+            try:
+                _extract_member(handle, info, target, limits)
+            except ArchiveRejected as exc:
+                _reject(rejected, display_name, exc)
+                continue
+            yield InputFile(target, display_name)
+
+
+def _extract_member(handle: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, limits: ArchiveLimits) -> None:
+    """Copy one member out, checking it as it inflates; nothing is left behind when it fails.
+
+    Raises:
+        ArchiveMemberRejected: encrypted, a zip bomb, an unknown compression method or corrupt data.
+    """
+    if info.flag_bits & 0x1:
+        raise ArchiveMemberRejected("the zip member is encrypted")
+    if info.compress_size and info.file_size / info.compress_size > limits.max_ratio:
+        raise ArchiveMemberRejected("a zip member inflates suspiciously far (zip bomb)")
+    try:
+        # ZipExtFile stops at the declared size and checks the CRC at the end: a member cannot
+        # inflate past what the ratio check above allowed, and corrupt data fails here.
+        with handle.open(info) as source, open(target, "wb") as sink:
+            shutil.copyfileobj(source, sink, length=1024 * 1024)
+    except NotImplementedError:
+        target.unlink(missing_ok=True)
+        raise ArchiveMemberRejected(
+            f"the zip member uses an unsupported compression method ({info.compress_type})"
+        ) from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError) as exc:
+        target.unlink(missing_ok=True)
+        raise ArchiveMemberRejected(f"the zip member is corrupt ({type(exc).__name__})") from None
 
 
 def _dicomdir_members(dicomdir: Path) -> Iterator[InputFile]:
@@ -159,7 +192,7 @@ def _expand_file(
 ) -> Iterator[InputFile]:
     if path.suffix.lower() == ".zip" and zipfile.is_zipfile(path):
         try:
-            yield from _extract_zip(path, extract_to, limits)
+            yield from _extract_zip(path, extract_to, limits, rejected)
         except ArchiveRejected as exc:
             _reject(rejected, str(path), exc)
     else:

@@ -56,6 +56,12 @@ class ArchiveRejected(MedicalDataError):
     code = "archive_rejected"
 
 
+class ArchiveMemberRejected(ArchiveRejected):
+    """One member of a zip that cannot be used (corrupt, encrypted, unknown compression); the rest go on."""
+
+    code = "archive_member_rejected"
+
+
 class AudioRejected(MedicalDataError):
     code = "audio_rejected"
 

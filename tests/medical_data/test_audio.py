@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import wave
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def _dominant_hz(samples: np.ndarray) -> float:
         ("ogg", "ogg", "libopus"),
         ("webm", "webm", "libopus"),
         ("mp3", "mp3", "libmp3lame"),
+        ("m4a", "mp4", "aac"),
+        ("aac", "adts", "aac"),
     ],
 )
 def test_formats_decode_to_16k_mono_float32(tmp_path: Path, suffix: str, container: str, codec: str) -> None:
@@ -114,3 +117,40 @@ def test_a_file_without_audio_is_rejected(tmp_path: Path) -> None:
             output.mux(packet)
     with pytest.raises(AudioDecodeError, match="no audio stream"):
         decode_audio(path)
+
+
+def test_playlists_and_unknown_containers_are_refused_before_ffmpeg_sees_them(tmp_path: Path) -> None:
+    """FFmpeg's own probing would open an HLS or concat playlist and read the files it names."""
+    secret = tmp_path / "secret.wav"
+    _encode(secret, "wav", "pcm_s16le")
+    playlist = tmp_path / "question.wav"
+    for text in (f"#EXTM3U\n#EXTINF:1,\n{secret}\n", f"ffconcat version 1.0\nfile '{secret}'\n"):
+        playlist.write_text(text)
+        for source in (playlist, playlist.read_bytes()):
+            with pytest.raises(AudioDecodeError, match="not a recognised audio container"):
+                decode_audio(source)
+
+
+class _Pipe(io.RawIOBase):
+    """A read-only stream without seek or length, like an upload's body."""
+
+    def __init__(self, data: bytes) -> None:
+        self._inner = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        chunk = self._inner.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+@pytest.mark.parametrize("wrap", [io.BytesIO, lambda data: io.BufferedReader(_Pipe(data))])
+def test_streams_have_the_same_limits_as_paths(tmp_path: Path, wrap) -> None:  # type: ignore[no-untyped-def]
+    data = _encode(tmp_path / "tone.wav", "wav", "pcm_s16le").read_bytes()
+    assert decode_audio(wrap(data)).duration_s == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(AudioLimitError, match="byte limit"):
+        decode_audio(wrap(data), limits=AudioLimits(max_bytes=1000))
+    with pytest.raises(AudioDecodeError, match="empty"):
+        decode_audio(wrap(b""))

@@ -153,3 +153,57 @@ def test_a_corrupt_transfer_syntax_is_rejected(tmp_path: Path) -> None:
     corrupt = data[:index] + b"\x00" + data[index + 1 :]
     with pytest.raises(DicomRejected, match="unknown transfer syntax"):
         read_dicom(_write(tmp_path, corrupt))
+
+
+def _deflated(tmp_path: Path, extra_bytes: int) -> Path:
+    """A CT slice in Deflated Explicit VR Little Endian carrying ``extra_bytes`` of zeros (they deflate ~1000x)."""
+    dataset = make_ct_slice()
+    dataset.add_new(0x00110010, "LO", "BOMB")
+    dataset.add_new(0x00111010, "OB", b"\0" * extra_bytes)
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    path = tmp_path / "deflated.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
+    path = _deflated(tmp_path, 8 * 1024 * 1024)
+    assert path.stat().st_size < 64 * 1024  # a few kilobytes on disk
+    limits = DicomLimits(max_inflated_bytes=1024 * 1024)
+    with pytest.raises(DicomLimitError, match="inflates past"):
+        read_dicom(path, limits=limits)
+    with pytest.raises(DicomLimitError, match="inflates past"):
+        read_dicom(io.BytesIO(path.read_bytes()), limits=limits)
+    assert read_dicom(path).Modality == "CT"  # within the default bound it reads
+
+
+def test_corrupt_deflated_data_is_a_typed_rejection(tmp_path: Path) -> None:
+    data = bytearray(_deflated(tmp_path, 1000).read_bytes())
+    data[-40:] = b"\xff" * 40
+    with pytest.raises(TruncatedDicomError, match="deflated"):
+        read_dicom(_write(tmp_path, bytes(data)))
+
+
+class _Unseekable(io.RawIOBase):
+    """A pipe-like stream: read only, no seek, no length."""
+
+    def __init__(self, data: bytes) -> None:
+        self._inner = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        chunk = self._inner.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+@pytest.mark.parametrize("wrap", [io.BytesIO, lambda data: io.BufferedReader(_Unseekable(data))])
+def test_streams_have_the_same_limits_as_paths(wrap) -> None:  # type: ignore[no-untyped-def]
+    data = _bytes_of("CT_small.dcm")
+    assert read_dicom(wrap(data)).Modality == "CT"
+    with pytest.raises(DicomLimitError, match="over 1000 bytes"):
+        read_dicom(wrap(data), limits=DicomLimits(max_file_bytes=1000))
+    with pytest.raises(NotDicomError, match="empty"):
+        read_dicom(wrap(b""))

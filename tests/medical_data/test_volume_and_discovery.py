@@ -126,7 +126,47 @@ def test_zip_bomb_is_refused(tmp_path: Path) -> None:
         bundle.writestr("zeros.dcm", b"\0" * 5_000_000)
     result = scan([archive], extract_dir=tmp_path / "x", archive_limits=ArchiveLimits(max_ratio=100))
     assert result.studies == {}
-    assert result.rejected[0].code == "archive_rejected" and "zip bomb" in result.rejected[0].reason
+    assert result.rejected[0].code == "archive_member_rejected" and "zip bomb" in result.rejected[0].reason
+
+
+def _patch_method(data: bytearray, name: bytes, method: int) -> None:
+    """Set a member's compression method in its local header and its central directory entry."""
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        header_name_offset = 30 if signature == b"PK\x03\x04" else 46
+        start = 0
+        while (start := data.find(signature, start)) >= 0:
+            if data[start + header_name_offset : start + header_name_offset + len(name)] == name:
+                data[start + offset : start + offset + 2] = method.to_bytes(2, "little")
+            start += 4
+
+
+def test_a_corrupt_zip_member_is_rejected_alone_and_named_by_its_index(
+    tmp_path: Path, write_dicom: Callable[[Dataset, str], Path]
+) -> None:
+    """Bad deflate data and an unknown compression method reject their member; the others are used."""
+    slices = _series(3)
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        for index, ds in enumerate(slices):
+            bundle.write(write_dicom(ds, f"staging/{index}.dcm"), f"Doe^Jane_{index}.dcm")
+        infos = bundle.infolist()
+    data = bytearray(archive.read_bytes())
+    corrupt = infos[1]
+    payload = corrupt.header_offset + 30 + len(corrupt.filename) + len(corrupt.extra)
+    data[payload + 20 : payload + 220] = bytes(range(200))  # bad deflate data
+    _patch_method(data, b"Doe^Jane_2.dcm", 99)  # a method no zip reader knows
+    archive.write_bytes(bytes(data))
+    result = scan([archive], extract_dir=tmp_path / "x")
+    (study,) = result.studies.values()
+    assert study.instance_count == 1
+    assert sorted((r.display_name, r.code) for r in result.rejected) == [
+        (f"{archive}!1", "archive_member_rejected"),
+        (f"{archive}!2", "archive_member_rejected"),
+    ]
+    assert "compression method" in result.rejected[1].reason and "corrupt" in result.rejected[0].reason
+    assert not any("Doe" in r.display_name or "Doe" in r.reason for r in result.rejected)
+    assert [i.display_name for s in study.series.values() for i in s.instances] == [f"{archive}!0"]
+    assert sorted(p.name for p in (tmp_path / "x").rglob("*.member")) == ["000000.member"]  # nothing half-written
 
 
 def test_dicomdir_lists_its_records(tmp_path: Path) -> None:

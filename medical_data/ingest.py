@@ -213,15 +213,17 @@ def _write_reports(
     notes: list[Note] = []
     for item in note_files:
         try:
-            notes.extend(read_notes(item.path))
+            notes.extend(read_notes(item.path, item.display_name))
         except MedicalDataError as exc:
             summary.rejected.append(Rejection(item.display_name, exc.code, exc.reason))
     studies = _study_identities(dicom_items, limits)
-    paired, unpaired = pair_notes(notes, [StudyKey(uid, accession) for uid, (accession, _) in studies.items()])
-    summary.notes_unpaired = len(unpaired)
+    pairing = pair_notes(notes, [StudyKey(uid, accession) for uid, (accession, _) in studies.items()])
+    summary.notes_unpaired = len(pairing.unpaired)
+    for note, reason in pairing.ambiguous:
+        summary.rejected.append(Rejection(_note_name(note), "ambiguous_accession", reason))
     scrubber = scrubber or TextScrubber()
     reports: dict[str, str] = {}
-    for original_uid, study_notes in paired.items():
+    for original_uid, study_notes in pairing.paired.items():
         known = studies[original_uid][1]
         text = "\n\n".join(scrubber.scrub(note.text, known).text for note in study_notes)
         new_uid = deidentifier.remap_uid(original_uid)
@@ -230,6 +232,11 @@ def _write_reports(
         reports[new_uid] = relative
         summary.notes_paired += len(study_notes)
     return reports
+
+
+def _note_name(note: Note) -> str:
+    """Which note, without its accession number: the file, and the row within it for tables."""
+    return f"{note.source} row {note.row}" if note.row else note.source
 
 
 def model_input_transform(root: Path, max_frames: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) -> Compose:

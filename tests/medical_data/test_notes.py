@@ -51,6 +51,17 @@ def test_pairing_by_uid_then_accession() -> None:
         Note("by accession", accession_number="A1"),
         Note("orphan", accession_number="ZZZ"),
     ]
-    paired, unpaired = pair_notes(notes, studies)
-    assert [n.text for n in paired[UID]] == ["by uid", "by accession"]
-    assert [n.text for n in unpaired] == ["orphan"]
+    pairing = pair_notes(notes, studies)
+    assert [n.text for n in pairing.paired[UID]] == ["by uid", "by accession"]
+    assert [n.text for n in pairing.unpaired] == ["orphan"]
+
+
+def test_an_accession_number_shared_by_two_studies_pairs_nothing() -> None:
+    """Two patients' studies with one accession number (sites reuse them): the note is refused, not guessed."""
+    studies = [StudyKey(UID, "A1"), StudyKey("1.2.3.9", "A1")]
+    notes = [Note("by accession", accession_number="A1"), Note("by uid", study_instance_uid="1.2.3.9")]
+    pairing = pair_notes(notes, studies)
+    assert [(note.text, reason) for note, reason in pairing.ambiguous] == [
+        ("by accession", "its accession number belongs to 2 studies; give the study UID to pair it")
+    ]
+    assert {uid: [n.text for n in found] for uid, found in pairing.paired.items()} == {"1.2.3.9": ["by uid"]}

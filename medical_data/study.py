@@ -2,7 +2,10 @@
 
 A loaded image is channel-first ``(C, D, H, W)``: C is 1 (grey) or 3 (RGB or three-window CT), D is
 1 for a single 2D image, the slice count of a series, or the frame count of a multi-frame object.
-Values are display-ready in [0, 1]; ``meta`` says which window made them.
+Values are display-ready in [0, 1]; ``meta`` says which window made them. Pixels are turned to the
+standard reading orientation from the header (``volume.standard_orientation``: patient's right on
+the image's left in axial and coronal images), so the model and the viewer see the same anatomy at
+the same place whichever way the scanner stored it; the affine (LPS, ``meta["space"]``) follows.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pydicom.dataset import Dataset
 
 from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom, typed_dicom_errors
 from medical_data.pixels import RenderedPixels, render
-from medical_data.volume import SliceGeometry, multiframe_geometry, sort_slices
+from medical_data.volume import SliceGeometry, multiframe_geometry, sort_slices, standard_orientation
 
 # Header attributes carried into ``meta`` under their DICOM keywords (study-level facts only; no
 # patient identity: name, IDs and birth date never enter the model's inputs).
@@ -57,8 +60,11 @@ def header_facts(dataset: Dataset) -> dict[str, Any]:
 
 
 def _to_metatensor(rendered: RenderedPixels, geometry: SliceGeometry, facts: dict[str, Any]) -> MetaTensor:
-    pixels = np.ascontiguousarray(np.moveaxis(rendered.pixels, -1, 0))  # (C, D, H, W)
+    """Pixels in the standard reading orientation, with the affine (LPS, labelled) that maps their indices."""
+    standard, geometry = standard_orientation(rendered.pixels, geometry)  # (D, H, W, C)
+    pixels = np.ascontiguousarray(np.moveaxis(standard, -1, 0))  # (C, D, H, W)
     meta = facts | {
+        "space": "LPS",  # MONAI's MetaKeys.SPACE: its Orientation and Spacing transforms then keep left as left
         "spacing": geometry.spacing,
         "origin": geometry.origin,
         "direction": geometry.direction.tolist(),

@@ -32,6 +32,8 @@ class SliceGeometry:
     sorted_by: str
     """'position' (along the normal), 'instance_number' (fallback) or 'frame_order'."""
     uniform_spacing: bool
+    orientation_known: bool = True
+    """False when the header gave no orientation (``direction`` is then the identity, a guess)."""
 
     @property
     def affine(self) -> np.ndarray:
@@ -45,11 +47,27 @@ class SliceGeometry:
         return affine
 
 
+PATIENT_LETTERS = {"L": (1, 0, 0), "R": (-1, 0, 0), "P": (0, 1, 0), "A": (0, -1, 0), "H": (0, 0, 1), "F": (0, 0, -1)}
+"""PatientOrientation letters as LPS unit vectors (PS3.3 C.7.6.1.1.1)."""
+
+
 def _orientation(dataset: Dataset) -> np.ndarray | None:
+    """ImageOrientationPatient, else a direction built from PatientOrientation (projection radiographs)."""
     values = dataset.get("ImageOrientationPatient")
-    if values is None or len(values) != 6:
+    if values is not None and len(values) == 6:
+        return np.asarray([float(v) for v in values], dtype=np.float64)
+    letters = dataset.get("PatientOrientation")
+    if letters is None or len(letters) != 2:
         return None
-    return np.asarray([float(v) for v in values], dtype=np.float64)
+    vectors = []
+    for code in letters:  # "LF" is oblique: its first letter is its main direction
+        code = str(code).strip().upper()
+        if not code or code[0] not in PATIENT_LETTERS:
+            return None
+        vectors.append(PATIENT_LETTERS[code[0]])
+    if vectors[0] == vectors[1] or np.dot(vectors[0], vectors[1]) != 0:
+        return None
+    return np.asarray(vectors[0] + vectors[1], dtype=np.float64)
 
 
 def _pixel_spacing(dataset: Dataset) -> tuple[float, float]:
@@ -111,6 +129,7 @@ def sort_slices(datasets: Sequence[Dataset]) -> tuple[list[Dataset], SliceGeomet
         direction_matrix(orientation),
         "instance_number",
         True,
+        orientation_known=orientations[0] is not None,
     )
     return ordered, geometry
 
@@ -138,7 +157,12 @@ def multiframe_geometry(dataset: Dataset) -> tuple[list[int], SliceGeometry]:
     if orientation is None or len(positions) != len(per_frame) or len(positions) != frames:
         fallback = orientation if orientation is not None else np.array([1.0, 0, 0, 0, 1.0, 0])
         geometry = SliceGeometry(
-            (thickness, row_spacing, column_spacing), (0.0, 0.0, 0.0), direction_matrix(fallback), "frame_order", True
+            (thickness, row_spacing, column_spacing),
+            (0.0, 0.0, 0.0),
+            direction_matrix(fallback),
+            "frame_order",
+            True,
+            orientation_known=orientation is not None,
         )
         return list(range(frames)), geometry
     direction = direction_matrix(orientation)
@@ -151,3 +175,59 @@ def multiframe_geometry(dataset: Dataset) -> tuple[list[int], SliceGeometry]:
         (step or thickness, row_spacing, column_spacing), tuple(positions[order[0]]), direction, "position", uniform
     )
     return order, geometry
+
+
+def _dominant_axis(vector: np.ndarray) -> int:
+    return int(np.argmax(np.abs(vector)))
+
+
+def standard_orientation(pixels: np.ndarray, geometry: SliceGeometry) -> tuple[np.ndarray, SliceGeometry]:
+    """Turn in-plane axes to how radiologists read each plane; the geometry follows the pixels.
+
+    Axial and coronal images get the patient's right on the image's left (rows run towards the
+    patient's left, +X in LPS); sagittal images get anterior on the left (+Y); columns run towards
+    the patient's back in axial images (+Y) and towards the feet otherwise (-Z). An image stored
+    with a reversed row or column direction, or turned a quarter, is flipped or transposed so that
+    the same anatomy lands on the same pixels. Nothing changes when the header gave no orientation.
+
+    Args:
+        pixels: (D, H, W, C) as rendered.
+
+    Returns:
+        The pixels, a view when nothing moves, and the geometry whose affine maps their indices.
+    """
+    if not geometry.orientation_known:
+        return pixels, geometry
+    row, column, normal = geometry.direction
+    slice_step, row_step, column_step = geometry.spacing
+    origin = np.asarray(geometry.origin, dtype=np.float64)
+    normal_axis = _dominant_axis(normal)
+    wanted_row_axis = 1 if normal_axis == 0 else 0  # sagittal: rows run along Y; axial, coronal: along X
+    if _dominant_axis(row) != wanted_row_axis:  # a quarter turn: swap rows and columns
+        pixels = np.swapaxes(pixels, 1, 2)
+        row, column = column, row
+        row_step, column_step = column_step, row_step
+    height, width = pixels.shape[1], pixels.shape[2]
+    if row[_dominant_axis(row)] < 0:  # columns run the wrong way: mirror left and right
+        origin = origin + row * column_step * (width - 1)
+        row = -row
+        pixels = pixels[:, :, ::-1]
+    column_axis = _dominant_axis(column)
+    wants_positive = column_axis != 2  # down the image: posterior (axial) or inferior (coronal, sagittal)
+    if (column[column_axis] > 0) != wants_positive:
+        origin = origin + column * row_step * (height - 1)
+        column = -column
+        pixels = pixels[:, ::-1]
+    new_normal = np.cross(row, column)
+    if pixels.shape[0] > 1 and np.dot(new_normal, normal) < 0:  # keep slices running along the new normal
+        origin = origin + normal * slice_step * (pixels.shape[0] - 1)
+        pixels = pixels[::-1]
+    standard = SliceGeometry(
+        (slice_step, row_step, column_step),
+        (float(origin[0]), float(origin[1]), float(origin[2])),
+        np.stack([row, column, new_normal]),
+        geometry.sorted_by,
+        geometry.uniform_spacing,
+        geometry.orientation_known,
+    )
+    return pixels, standard

@@ -37,10 +37,20 @@ DEFAULT_ARCHIVE_LIMITS = ArchiveLimits()
 
 @dataclass(frozen=True)
 class InputFile:
-    """A file to read, and the name to show for it (``archive.zip!member`` for zip members)."""
+    """A file to read, and the name to show for it (``archive.zip!N`` for the N-th member of a zip)."""
 
     path: Path
     display_name: str
+    origin: str = ""
+    """What the file was taken from, stable across runs: for a zip member, the zip (path, size,
+    modification time) and the member (index, CRC, size); empty for a plain file (its path is)."""
+
+    def resume_key(self) -> str:
+        """A key that names the same input in a later run and changes when the input does."""
+        if self.origin:
+            return self.origin
+        stat = self.path.stat()
+        return f"{self.display_name}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,8 @@ def _extract_zip(
         handle = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise ArchiveRejected(f"not a readable zip ({type(exc).__name__})") from None
+    archive_stat = archive.stat()
+    archive_key = f"{archive}|{archive_stat.st_size}|{archive_stat.st_mtime_ns}"
     with handle:
         members = [info for info in handle.infolist() if not info.is_dir()]
         if len(members) > limits.max_members:
@@ -115,7 +127,7 @@ def _extract_zip(
             except ArchiveRejected as exc:
                 _reject(rejected, display_name, exc)
                 continue
-            yield InputFile(target, display_name)
+            yield InputFile(target, display_name, f"{archive_key}!{index}:{info.CRC:08x}:{info.file_size}")
 
 
 def _extract_member(handle: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, limits: ArchiveLimits) -> None:

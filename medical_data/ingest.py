@@ -8,24 +8,31 @@ Layout written under ``out_dir``::
     manifest.jsonl               one line per series: UIDs, modality, files, report, cache status
 
 Nothing under ``out_dir`` holds an input path or an original identifier. The resume state (input
-path, size and mtime to outcome) lives in ``state_path``, outside the dataset, in the operator's
-private data folder. A rerun skips every input the state lists as done, so an interrupted run goes
-on where it stopped; the manifest and reports are rebuilt from the state each run.
+path, size and mtime to outcome; for a zip member the zip and the member's index, CRC and size) lives
+in ``state_path``, outside the dataset, in the operator's private data folder. A rerun skips every
+input the state lists as done, so an interrupted run goes on where it stopped; the manifest and
+reports are rebuilt from the state each run.
+
+The cache key of a series is its record, which holds every setting of the transform chain
+(``CacheSettings``): a rerun with other settings computes new entries and never returns old tensors.
+Cached items keep their header facts and affine, so training sees what inference sees.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import tempfile
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
-from monai.data import PersistentDataset
 from monai.transforms import Compose
 
-from medical_data.deid.batch import FileOutcome, deidentify_one
+from medical_data.deid.batch import FileOutcome, commit_staged, deidentify_one
 from medical_data.deid.dicom import DicomDeidentifier
 from medical_data.deid.text import KnownIdentifiers, TextScrubber
 from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom
@@ -37,10 +44,35 @@ from medical_data.transforms import (
     LoadSeriesd,
     NativeResolutionResized,
     SelectFramesd,
+    SeriesCache,
     persistent_dataset,
 )
 
 MANIFEST_NAME = "manifest.jsonl"
+CACHE_FORMAT = 2
+"""Bumped whenever the transform chain changes what it computes; part of every cache key."""
+Progress = Callable[[str, int, int | None], None]
+"""Called with (phase, done, total or None) as each phase goes: extracting, de-identifying,
+pairing notes, caching."""
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Every setting of the cached transform chain: all of it goes into each cache key."""
+
+    max_frames: int = 32
+    """Frames kept per series (evenly sampled)."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """In-plane pixel budget of the native-resolution resize."""
+    window: str | None = None
+    """A named window preset (``lung``, ``brain``...) or None for the header's window."""
+
+    def as_record(self) -> dict[str, object]:
+        return {"format": CACHE_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, object]) -> CacheSettings:
+        return cls(int(record["max_frames"]), int(record["max_pixels"]), record.get("window"))  # type: ignore[arg-type]
 
 
 @dataclass
@@ -60,11 +92,6 @@ class IngestSummary:
     @property
     def clean(self) -> bool:
         return not self.rejected and not self.quarantined and not self.uncached_series
-
-
-def _input_key(item: InputFile) -> str:
-    stat = item.path.stat()
-    return f"{item.display_name}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 def _load_state(state_path: Path) -> dict[str, dict[str, object]]:
@@ -117,44 +144,58 @@ def ingest_folder(
     work_dir: Path,
     scrubber: TextScrubber | None = None,
     cache: bool = True,
-    max_frames: int = 32,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    cache_settings: CacheSettings = CacheSettings(),
     limits: DicomLimits = DEFAULT_LIMITS,
-    on_progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
+    on_progress: Progress | None = None,
 ) -> IngestSummary:
-    """Ingest ``source`` into ``out_dir``; see the module docstring for the layout."""
+    """Ingest ``source`` into ``out_dir``; see the module docstring for the layout.
+
+    Args:
+        workers: processes that de-identify files in parallel (outputs are committed in input
+            order, so the result is the same as with one).
+    """
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    report = on_progress or (lambda phase, done, total: None)
     summary = IngestSummary()
     rejected: list[Rejection] = []
-    items = list(iter_input_files([source], extract_dir=work_dir, rejected=rejected))
+    items = []
+    for item in iter_input_files([source], extract_dir=work_dir, rejected=rejected):
+        items.append(item)
+        report("extracting", len(items), None)
     note_files = [item for item in items if item.path.suffix.lower() in NOTE_SUFFIXES]
     dicom_items = [item for item in items if item.path.suffix.lower() not in NOTE_SUFFIXES]
     summary.rejected.extend(rejected)
 
     state = _load_state(state_path)
     written_uids = {Path(str(r["output"])).stem for r in state.values() if r.get("output")}
+    keys = [item.resume_key() for item in dicom_items]
+    pending = [(item, key) for item, key in zip(dicom_items, keys, strict=True) if key not in state]
+    summary.already_done = len(dicom_items) - len(pending)
     state_path.parent.mkdir(parents=True, exist_ok=True)
+    stage_dir = work_dir / "staged"
+    stage_dir.mkdir(parents=True, exist_ok=True)
     with open(state_path, "a", encoding="utf-8") as state_file:
-        for done, item in enumerate(dicom_items, start=1):
-            key = _input_key(item)
-            if key in state:
-                summary.already_done += 1
-            else:
-                outcome = deidentify_one(item, out_dir / "dicom", deidentifier, limits, written_uids)
-                if outcome.source_study_uid:
-                    summary.source_studies.add(outcome.source_study_uid)
-                record = _state_record(key, outcome, out_dir)
-                state[key] = record
-                state_file.write(json.dumps(record) + "\n")
-                state_file.flush()
-                summary.written += outcome.status == "written"
-            _count_failure(summary, item, state[key])
-            if on_progress is not None:
-                on_progress(done, len(dicom_items))
+        outcomes = _deidentify_all(pending, out_dir / "dicom", deidentifier, limits, workers, stage_dir)
+        for done, ((_, key), staged) in enumerate(zip(pending, outcomes, strict=False), start=1):
+            outcome = commit_staged(staged, written_uids)
+            if outcome.source_study_uid:
+                summary.source_studies.add(outcome.source_study_uid)
+            record = _state_record(key, outcome, out_dir)
+            state[key] = record
+            state_file.write(json.dumps(record) + "\n")
+            state_file.flush()
+            summary.written += outcome.status == "written"
+            report("de-identifying", done, len(pending))
+    for item, key in zip(dicom_items, keys, strict=True):
+        _count_failure(summary, item, state[key])
 
     reports = _write_reports(note_files, dicom_items, out_dir, deidentifier, scrubber, limits, summary)
+    report("pairing notes", 1, 1)
     series = _series_from_state(state)
     summary.series = len(series)
-    cache_errors = _warm_cache(series, out_dir, max_frames, max_pixels, summary) if cache else {}
+    cache_errors = _warm_cache(series, out_dir, cache_settings, summary, report) if cache else {}
     lines = []
     for (study_uid, series_uid), files in sorted(series.items()):
         header = read_dicom(out_dir / files[0], stop_before_pixels=True)
@@ -170,11 +211,39 @@ def ingest_folder(
                     "report": reports.get(study_uid),
                     "cached": cache and series_uid not in cache_errors,
                     "cache_error": cache_errors.get(series_uid),
+                    "transform": cache_settings.as_record(),
                 }
             )
         )
     _write_text_atomically(out_dir / MANIFEST_NAME, "".join(line + "\n" for line in lines))
     return summary
+
+
+def _deidentify_all(
+    pending: list[tuple[InputFile, str]],
+    dicom_dir: Path,
+    deidentifier: DicomDeidentifier,
+    limits: DicomLimits,
+    workers: int,
+    stage_dir: Path,
+) -> Iterator[FileOutcome]:
+    """Outcomes in input order; each output is staged under ``stage_dir`` for ``commit_staged``."""
+    stages = [stage_dir / f"{index:08d}.dcm" for index in range(len(pending))]
+    work = partial(_deidentify_staged, dicom_dir=dicom_dir, deidentifier=deidentifier, limits=limits)
+    items = [item for item, _ in pending]
+    if workers == 1 or len(pending) < 2:
+        yield from map(work, items, stages)
+        return
+    # forkserver: workers start from a clean process, not a fork of one that holds torch's threads
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as executor:
+        yield from executor.map(work, items, stages, chunksize=4)
+
+
+def _deidentify_staged(
+    item: InputFile, stage: Path, *, dicom_dir: Path, deidentifier: DicomDeidentifier, limits: DicomLimits
+) -> FileOutcome:
+    return deidentify_one(item, dicom_dir, deidentifier, limits, set(), stage=stage)
 
 
 def _state_record(key: str, outcome: FileOutcome, out_dir: Path) -> dict[str, object]:
@@ -239,34 +308,40 @@ def _note_name(note: Note) -> str:
     return f"{note.source} row {note.row}" if note.row else note.source
 
 
-def model_input_transform(root: Path, max_frames: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) -> Compose:
+def model_input_transform(root: Path, settings: CacheSettings = CacheSettings()) -> Compose:
     """The deterministic chain cached by ingest: load a series, sample frames, resize to the patch grid."""
     return Compose(
         [
-            LoadSeriesd("image", root=root),
-            SelectFramesd("image", max_frames=max_frames),
-            NativeResolutionResized("image", max_pixels=max_pixels),
+            LoadSeriesd("image", root=root, preset=settings.window),
+            SelectFramesd("image", max_frames=settings.max_frames),
+            NativeResolutionResized("image", max_pixels=settings.max_pixels),
         ]
     )
 
 
-def cached_dataset(out_dir: Path, max_frames: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) -> PersistentDataset:
-    """The ingested series as a MONAI PersistentDataset over ``out_dir/cache`` (what training reads).
+def cached_dataset(out_dir: Path, settings: CacheSettings | None = None) -> SeriesCache:
+    """The ingested series as a cached MONAI dataset over ``out_dir/cache`` (what training reads).
 
-    Records are ``{"image": [relative files], "series_uid": ...}``; MONAI keys the cache on them, so
-    the entries ``ingest_folder`` warmed are served without decoding DICOM again.
+    Items are ``{"image": MetaTensor (C, D, H, W), "series_uid": ..., "transform": ...}`` with the
+    header facts and the affine in ``image.meta``. ``settings`` default to those ``ingest`` cached
+    with, so its entries are served without decoding DICOM again; other settings compute new ones.
     """
     records = []
     for line in (out_dir / MANIFEST_NAME).read_text(encoding="utf-8").splitlines():
         entry = json.loads(line)
         if entry.get("cache_error") is None:
-            records.append(_cache_record(entry["files"], entry["series_uid"]))
-    return persistent_dataset(records, model_input_transform(out_dir, max_frames, max_pixels), out_dir / "cache")
+            chosen = settings or CacheSettings.from_record(entry.get("transform") or CacheSettings().as_record())
+            records.append(_cache_record(entry["files"], entry["series_uid"], chosen))
+    by_settings = {json.dumps(record["transform"], sort_keys=True) for record in records}
+    if len(by_settings) > 1:
+        raise MedicalDataError("the dataset was cached with different settings per series; pass settings=")
+    chosen = settings or (CacheSettings.from_record(records[0]["transform"]) if records else CacheSettings())  # type: ignore[arg-type]
+    return persistent_dataset(records, model_input_transform(out_dir, chosen), out_dir / "cache")
 
 
-def _cache_record(files: list[str], series_uid: str) -> dict[str, object]:
-    """The record MONAI's cache is keyed on: warming (ingest) and reading (training) must build it alike."""
-    return {"image": files, "series_uid": series_uid}
+def _cache_record(files: list[str], series_uid: str, settings: CacheSettings) -> dict[str, object]:
+    """The record MONAI's cache is keyed on: the files, and every setting of the transform chain."""
+    return {"image": files, "series_uid": series_uid, "transform": settings.as_record()}
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -276,11 +351,15 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 def _warm_cache(
-    series: dict[tuple[str, str], list[str]], out_dir: Path, max_frames: int, max_pixels: int, summary: IngestSummary
+    series: dict[tuple[str, str], list[str]],
+    out_dir: Path,
+    settings: CacheSettings,
+    summary: IngestSummary,
+    report: Progress,
 ) -> dict[str, str]:
-    """Fill MONAI's persistent cache with each series as model-ready tensors; return series -> error."""
-    records = [_cache_record(files, series_uid) for (_, series_uid), files in sorted(series.items())]
-    dataset = persistent_dataset(records, model_input_transform(out_dir, max_frames, max_pixels), out_dir / "cache")
+    """Fill the persistent cache with each series as model-ready tensors; return series -> error."""
+    records = [_cache_record(files, series_uid, settings) for (_, series_uid), files in sorted(series.items())]
+    dataset = persistent_dataset(records, model_input_transform(out_dir, settings), out_dir / "cache")
     errors: dict[str, str] = {}
     for index, record in enumerate(records):
         try:
@@ -289,6 +368,7 @@ def _warm_cache(
         except Exception as exc:  # MONAI wraps a transform's error in (nested) RuntimeErrors
             cause = _root_cause(exc)
             reason = cause.reason if isinstance(cause, MedicalDataError) else f"not loadable ({type(cause).__name__})"
-            errors[record["series_uid"]] = reason
-            summary.uncached_series.append((record["series_uid"], reason))
+            errors[str(record["series_uid"])] = reason
+            summary.uncached_series.append((str(record["series_uid"]), reason))
+        report("caching", index + 1, len(records))
     return errors

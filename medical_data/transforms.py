@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, PersistentDataset
-from monai.transforms import MapTransform, Resize, Transform
+from monai.transforms import Compose, MapTransform, Resize, Transform
 
 from medical_data.study import load_image, load_series
 
@@ -136,7 +136,74 @@ class SelectFramesd(_PerKey):
     array_transform = SelectFrames
 
 
-def persistent_dataset(records: Sequence[dict[str, Any]], transform: Transform, cache_dir: Path) -> PersistentDataset:
-    """MONAI's on-disk cache for training: each record's deterministic transforms run once."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    return PersistentDataset(data=list(records), transform=transform, cache_dir=cache_dir)
+PLAIN_META_SUFFIX, AFFINE_SUFFIX = "_meta", "_affine"
+
+
+def _plain(value: Any) -> Any:
+    """``value`` if it is made of str, numbers, bools, None, lists and tuples only; else None."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        items = [_plain(item) for item in value]
+        return (
+            None
+            if any(item is None and original is not None for item, original in zip(items, value, strict=True))
+            else items
+        )
+    return None
+
+
+class ToPlaind(MapTransform):
+    """MetaTensor to a plain tensor, its header facts (``KEY_meta``) and its affine (``KEY_affine``).
+
+    ``torch.load(weights_only=True)``, which MONAI's PersistentDataset uses, refuses MetaTensor's
+    pickled classes, so a cached MetaTensor is silently recomputed on every read; plain values load.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            if isinstance(image, MetaTensor):
+                d[f"{key}{PLAIN_META_SUFFIX}"] = {
+                    name: plain for name, value in image.meta.items() if (plain := _plain(value)) is not None
+                }
+                d[f"{key}{AFFINE_SUFFIX}"] = image.affine.clone()
+                d[key] = image.as_tensor()
+        return d
+
+
+def from_plain(data: Mapping[Hashable, Any], keys: Sequence[str]) -> dict[Hashable, Any]:
+    """The inverse of ``ToPlaind``: MetaTensors with their affine and facts again."""
+    d = dict(data)
+    for key in keys:
+        if f"{key}{PLAIN_META_SUFFIX}" in d:
+            meta = dict(d.pop(f"{key}{PLAIN_META_SUFFIX}"))
+            d[key] = MetaTensor(d[key], affine=d.pop(f"{key}{AFFINE_SUFFIX}"), meta=meta)
+    return d
+
+
+class SeriesCache(PersistentDataset):
+    """MONAI's on-disk cache whose items come back as MetaTensors, cache hit or miss alike."""
+
+    def __init__(self, records: Sequence[dict[str, Any]], transform: Transform, cache_dir: Path, keys: Sequence[str]):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # flat: MONAI caches up to the first transform it cannot prove deterministic, and a nested
+        # Compose is one (Compose is Randomizable), which would leave nothing cached
+        chain = list(transform.flatten().transforms) if isinstance(transform, Compose) else [transform]
+        super().__init__(data=list(records), transform=Compose([*chain, ToPlaind(keys)]), cache_dir=cache_dir)
+        self.keys = tuple(keys)
+
+    def _transform(self, index: int) -> dict[Hashable, Any]:
+        return from_plain(super()._transform(index), self.keys)
+
+
+def persistent_dataset(
+    records: Sequence[dict[str, Any]], transform: Transform, cache_dir: Path, keys: Sequence[str] = ("image",)
+) -> SeriesCache:
+    """MONAI's on-disk cache for training: each record's deterministic transforms run once.
+
+    The cache key is the record itself: put every setting of ``transform`` into the record, so that
+    other settings never return old tensors (MONAI does not hash the transform by default).
+    """
+    return SeriesCache(records, transform, cache_dir, keys)

@@ -77,18 +77,33 @@ def _check_out_dir(out: Path) -> None:
 
 @contextmanager
 def _progress(label: str):  # type: ignore[no-untyped-def]
-    """A progress bar on stderr when it is a terminal; silent otherwise (logs, CI)."""
+    """Progress bars on stderr when it is a terminal, one per phase; silent otherwise (logs, CI).
+
+    Yields a callable taking (done, total) for one phase, or (phase, done, total) for several.
+    """
     if not sys.stderr.isatty():
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
-        label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
     ) as progress:
-        task = progress.add_task(label, total=None)
-        yield lambda done, total: progress.update(task, completed=done, total=total)
+        tasks: dict[str, object] = {}
+
+        def update(*arguments: object) -> None:
+            phase, done, total = (label, *arguments) if len(arguments) == 2 else arguments
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(str(phase), total=None)
+            progress.update(tasks[phase], completed=done, total=total)  # type: ignore[arg-type]
+
+        yield update
 
 
 RetainDates = Annotated[bool, typer.Option("--retain-dates", help="Shift dates per patient instead of removing them.")]
@@ -175,10 +190,22 @@ def ingest(
     allow_burned_in: AllowBurnedIn = "",
     cache: Annotated[bool, typer.Option(help="Cache model-ready tensors (MONAI PersistentDataset).")] = True,
     max_frames: Annotated[int, typer.Option(min=2, max=1024, help="Frames kept per series.")] = 32,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(min=3136, max=16_777_216, help="In-plane pixel budget of cached images [default: 1,003,520]."),
+    ] = None,
+    window: Annotated[
+        str | None, typer.Option(help="A window preset for cached images (lung, brain...); the header's by default.")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Processes de-identifying files in parallel.")] = 1,
 ) -> None:
     """Build a de-identified training dataset; rerun to resume. Exit 1 when files were skipped."""
     from app.cli import current_settings
-    from medical_data.ingest import MANIFEST_NAME, ingest_folder
+    from medical_data.ingest import MANIFEST_NAME, CacheSettings, ingest_folder
+    from medical_data.windows import CT_PRESETS
+
+    if window is not None and window not in CT_PRESETS:
+        raise fail(f"--window takes one of {', '.join(sorted(CT_PRESETS))}", EXIT_USAGE)
 
     settings = current_settings()
     _check_out_dir(out)
@@ -200,7 +227,8 @@ def ingest(
             state_path=state_path,
             work_dir=Path(work),
             cache=cache,
-            max_frames=max_frames,
+            cache_settings=CacheSettings(max_frames, max_pixels or CacheSettings.max_pixels, window),
+            workers=workers,
             on_progress=progress,
         )
     typer.echo(

@@ -12,7 +12,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, TextIO
 
@@ -35,10 +35,12 @@ class FileOutcome:
     warnings: tuple[str, ...] = ()
     source_study_uid: str = field(default="", repr=False)
     """The original Study Instance UID, for the caller's audit trail only: never in the report."""
+    staged: str = field(default="", repr=False)
+    """Where the file was written when a stage folder was given; ``commit_staged`` moves it to ``output``."""
 
     def report_line(self) -> str:
         line = asdict(self)
-        del line["source_study_uid"]
+        del line["source_study_uid"], line["staged"]
         return json.dumps(line, sort_keys=True)
 
 
@@ -66,9 +68,20 @@ def output_path(out_dir: Path, study_uid: str, series_uid: str, sop_uid: str) ->
 
 
 def deidentify_one(
-    item: InputFile, out_dir: Path, deidentifier: DicomDeidentifier, limits: DicomLimits, written: set[str]
+    item: InputFile,
+    out_dir: Path,
+    deidentifier: DicomDeidentifier,
+    limits: DicomLimits,
+    written: set[str],
+    *,
+    stage: Path | None = None,
 ) -> FileOutcome:
-    """Read, de-identify and write one file; every failure becomes an outcome, never an exception."""
+    """Read, de-identify and write one file; every failure becomes an outcome, never an exception.
+
+    With ``stage`` (a file path, for worker processes) the output is written there instead and not
+    checked against ``written``: ``commit_staged``, in input order, moves it into place or drops a
+    duplicate, so parallel runs keep the first copy exactly as serial runs do.
+    """
     source_study = ""
     try:
         dataset = read_dicom(item.path, limits=limits)
@@ -76,6 +89,18 @@ def deidentify_one(
             source_study = str(dataset.get("StudyInstanceUID", ""))
         outcome = deidentifier.deidentify(dataset)
         sop_uid = str(dataset.SOPInstanceUID)
+        destination = output_path(out_dir, str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), sop_uid)
+        if stage is not None:
+            write_atomically(dataset, stage)
+            return FileOutcome(
+                item.display_name,
+                str(destination),
+                "written",
+                actions=dict(outcome.actions),
+                warnings=tuple(outcome.warnings),
+                source_study_uid=source_study,
+                staged=str(stage),
+            )
         if sop_uid in written:
             return FileOutcome(
                 item.display_name,
@@ -85,7 +110,6 @@ def deidentify_one(
                 "the same SOP instance appeared twice in the input; the first copy was kept",
                 source_study_uid=source_study,
             )
-        destination = output_path(out_dir, str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), sop_uid)
         write_atomically(dataset, destination)
         written.add(sop_uid)
         return FileOutcome(
@@ -112,6 +136,28 @@ def deidentify_one(
         return FileOutcome(
             item.display_name, None, "rejected", "unexpected_error", type(exc).__name__, source_study_uid=source_study
         )
+
+
+def commit_staged(outcome: FileOutcome, written: set[str]) -> FileOutcome:
+    """Move a staged output into place, or drop it when its SOP instance was already written."""
+    if not outcome.staged:
+        return outcome
+    staged, destination = Path(outcome.staged), Path(str(outcome.output))
+    sop_uid = destination.stem
+    if sop_uid in written:
+        staged.unlink(missing_ok=True)
+        return FileOutcome(
+            outcome.input,
+            None,
+            "rejected",
+            "duplicate_instance",
+            "the same SOP instance appeared twice in the input; the first copy was kept",
+            source_study_uid=outcome.source_study_uid,
+        )
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, destination)
+    written.add(sop_uid)
+    return replace(outcome, staged="")
 
 
 def deidentify_files(

@@ -5,6 +5,8 @@
   modality LUT and window), over 512x512 CT slices made here and the small files pydicom ships.
   Aim: ours within 1.25x of bare pydicom.
 - de-identification: read + Annex E walk + atomic write, small files, one process. Aim: > 300 files/s.
+- ingest with ``--workers`` 1 and 2: files per second through ``ingest_folder`` (de-identification
+  only, no cache), 400 512x512 CT slices; the ratio says what a second process buys on this machine.
 
 Each figure is the median of several rounds; the ratio is what to compare across machines.
 Run: ``make bench`` or ``python benchmarks/bench_dicom.py``.
@@ -29,6 +31,7 @@ from medical_data.deid import DicomDeidentifier
 from medical_data.deid.batch import deidentify_one
 from medical_data.dicom_io import DEFAULT_LIMITS, read_dicom
 from medical_data.discovery import InputFile
+from medical_data.ingest import ingest_folder
 from medical_data.pixels import render
 
 ROUNDS = 5
@@ -148,6 +151,40 @@ def main() -> None:
         print(f"\nde-identification, CT_small-sized files ({source.stat().st_size // 1024} KiB), one process:")
         print(f"  bare pydicom read+write   {1 / copy_s:>8.0f} files/s")
         print(f"  ours (read, Annex E, atomic write) {1 / deid_s:>8.0f} files/s   ratio {deid_s / copy_s:.2f}x")
+        bench_ingest_workers(root, deidentifier)
+
+
+def bench_ingest_workers(root: Path, deidentifier: DicomDeidentifier) -> None:
+    """Files per second through ``ingest_folder`` with one and two worker processes (median of 3 rounds)."""
+    source = root / "ingest"
+    study, series = generate_uid(), generate_uid()
+    for index in range(400):
+        path = source / f"{index:04d}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ct_slice(index, study, series).save_as(path, enforce_file_format=True)
+    rates = {}
+    for workers in (1, 2):
+        seconds = []
+        for round_number in range(3):
+            run = root / f"ingest-{workers}-{round_number}"
+            started = time.perf_counter()
+            summary = ingest_folder(
+                source,
+                run / "out",
+                deidentifier,
+                state_path=run / "state.jsonl",
+                work_dir=run / "work",
+                cache=False,
+                workers=workers,
+            )
+            seconds.append(time.perf_counter() - started)
+            assert summary.written == 400
+            shutil.rmtree(run)
+        rates[workers] = 400 / statistics.median(seconds)
+    print("\ningest (de-identification only), 400 CT slices of 512x512:")
+    for workers, rate in rates.items():
+        print(f"  --workers {workers}   {rate:>8.0f} files/s")
+    print(f"  2 workers / 1 worker: {rates[2] / rates[1]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -21,18 +21,15 @@ Cached items keep their header facts and affine, so training sees what inference
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 from monai.transforms import Compose
 
-from medical_data.deid.batch import FileOutcome, commit_staged, deidentify_one
+from medical_data.deid.batch import FileOutcome, commit_staged, deidentify_staged
 from medical_data.deid.dicom import DicomDeidentifier
 from medical_data.deid.text import KnownIdentifiers, TextScrubber
 from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom
@@ -229,21 +226,7 @@ def _deidentify_all(
 ) -> Iterator[FileOutcome]:
     """Outcomes in input order; each output is staged under ``stage_dir`` for ``commit_staged``."""
     stages = [stage_dir / f"{index:08d}.dcm" for index in range(len(pending))]
-    work = partial(_deidentify_staged, dicom_dir=dicom_dir, deidentifier=deidentifier, limits=limits)
-    items = [item for item, _ in pending]
-    if workers == 1 or len(pending) < 2:
-        yield from map(work, items, stages)
-        return
-    # forkserver: workers start from a clean process, not a fork of one that holds torch's threads
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as executor:
-        yield from executor.map(work, items, stages, chunksize=4)
-
-
-def _deidentify_staged(
-    item: InputFile, stage: Path, *, dicom_dir: Path, deidentifier: DicomDeidentifier, limits: DicomLimits
-) -> FileOutcome:
-    return deidentify_one(item, dicom_dir, deidentifier, limits, set(), stage=stage)
+    return deidentify_staged([item for item, _ in pending], stages, dicom_dir, deidentifier, limits, workers)
 
 
 def _state_record(key: str, outcome: FileOutcome, out_dir: Path) -> dict[str, object]:

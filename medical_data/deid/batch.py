@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, TextIO
@@ -158,6 +160,49 @@ def commit_staged(outcome: FileOutcome, written: set[str]) -> FileOutcome:
     os.replace(staged, destination)
     written.add(sop_uid)
     return replace(outcome, staged="")
+
+
+def deidentify_staged(
+    items: list[InputFile],
+    stages: list[Path],
+    out_dir: Path,
+    deidentifier: DicomDeidentifier,
+    limits: DicomLimits,
+    workers: int = 1,
+) -> Iterator[FileOutcome]:
+    """``deidentify_one`` over ``items``, each written to its stage path, in ``workers`` processes.
+
+    Outcomes come in input order; pass each to ``commit_staged``. Workers start from a forkserver
+    (a clean process, not a fork of one that may hold torch's threads) and import only this package;
+    the deidentifier (its table, its key) travels once per worker, not once per file.
+    """
+    if workers == 1 or len(items) < 2:
+        for item, stage in zip(items, stages, strict=True):
+            yield deidentify_one(item, out_dir, deidentifier, limits, set(), stage=stage)
+        return
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(out_dir, deidentifier, limits)
+    ) as executor:
+        yield from executor.map(_deidentify_in_worker, items, stages, chunksize=16)
+
+
+_WORKER: dict[str, object] = {}
+
+
+def _start_worker(out_dir: Path, deidentifier: DicomDeidentifier, limits: DicomLimits) -> None:
+    _WORKER.update(out_dir=out_dir, deidentifier=deidentifier, limits=limits)
+
+
+def _deidentify_in_worker(item: InputFile, stage: Path) -> FileOutcome:
+    return deidentify_one(
+        item,
+        _WORKER["out_dir"],  # type: ignore[arg-type]
+        _WORKER["deidentifier"],  # type: ignore[arg-type]
+        _WORKER["limits"],  # type: ignore[arg-type]
+        set(),
+        stage=stage,
+    )
 
 
 def deidentify_files(

@@ -1,11 +1,13 @@
 """A readable account of a study from its headers: series, modality, sizes, spacing, window.
 
-Patient identity (name, IDs, birth date) is never part of it.
+Patient identity (name, IDs, birth date) is never part of it; ``StudySummary.without_identifiers``
+also drops the UIDs, the date and the descriptions (free text that often names the patient), for
+screens and reports that do not need them.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom, typed_dicom_errors
 from medical_data.discovery import ScanResult, SeriesRef, StudyRef
@@ -40,6 +42,14 @@ class StudySummary:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def without_identifiers(self, number: int) -> StudySummary:
+        """The same account with UIDs replaced by their position (``3``, ``3.1``) and no date or description."""
+        series = [
+            replace(s, series_instance_uid=f"{number}.{index}", series_description="")
+            for index, s in enumerate(self.series, start=1)
+        ]
+        return StudySummary(str(number), "", "", series)
 
 
 def _window_text(header: object, modality: str) -> str:

@@ -251,8 +251,15 @@ def ingest(
 def inspect(
     path: Annotated[Path, typer.Argument(help="A file, folder, zip or DICOMDIR.", exists=True)],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    show_identifiers: Annotated[
+        bool,
+        typer.Option("--show-identifiers", help="Also print UIDs, study dates and descriptions (audited as such)."),
+    ] = False,
 ) -> None:
-    """Summarize the studies in PATH: series, modality, sizes, spacing, window. Exit 1 if nothing readable."""
+    """Summarize the studies in PATH: series, modality, sizes, spacing, window. Exit 1 if nothing readable.
+
+    Studies and series are numbered; their UIDs, dates and descriptions are shown only with --show-identifiers.
+    """
     from medical_data.discovery import scan
     from medical_data.summary import summarize
 
@@ -260,9 +267,14 @@ def inspect(
     with tempfile.TemporaryDirectory(prefix="omniclinic-inspect-") as work:
         result = scan([path], extract_dir=Path(work))
         studies = summarize(result)
+    if not show_identifiers:
+        studies = [study.without_identifiers(number) for number, study in enumerate(studies, start=1)]
     # shown only once its reading is on record (fail closed)
     record_operator_event(
-        engine, type_code=INSTANCES_ACCESSED, studies=result.studies.keys(), details={"tool": "inspect"}
+        engine,
+        type_code=INSTANCES_ACCESSED,
+        studies=result.studies.keys(),
+        details={"tool": "inspect", "identifiers_shown": show_identifiers},
     )
     if as_json:
         payload = {

@@ -191,7 +191,25 @@ def test_deid_is_audited_before_and_after(hospital: Path, tmp_path: Path) -> Non
 def test_inspect_is_audited(hospital: Path) -> None:
     runner.invoke(cli, ["inspect", str(hospital / "ct")])
     (accessed,) = [e for e in _audit_events() if e["type_code"] == "110103"]
-    assert len(accessed["entities"]) == 1 and accessed["details"] == {"tool": "inspect"}
+    assert len(accessed["entities"]) == 1 and accessed["details"] == {"tool": "inspect", "identifiers_shown": False}
+
+
+def test_inspect_shows_no_uid_date_or_description_unless_asked_and_audits_the_asking(hospital: Path) -> None:
+    header = pydicom.dcmread(next((hospital / "ct").glob("*.dcm")))
+    identifiers = [str(header.StudyInstanceUID), str(header.SeriesInstanceUID), "Made-up CT study"]
+    for path in (hospital / "ct").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.StudyDescription, ds.StudyDate = identifiers[2], "20240229"
+        ds.save_as(path)
+    plain = runner.invoke(cli, ["inspect", str(hospital / "ct")])
+    as_json = runner.invoke(cli, ["inspect", str(hospital / "ct"), "--json"])
+    for output in (plain.stdout, as_json.stdout):
+        assert not [value for value in [*identifiers, "20240229"] if value in output]
+    assert "study 1" in plain.stdout and "4 inst" in plain.stdout
+    shown = runner.invoke(cli, ["inspect", str(hospital / "ct"), "--show-identifiers", "--json"]).stdout
+    assert [value for value in [*identifiers, "20240229"] if value not in shown] == []
+    accessed = [e["details"] for e in _audit_events() if e["type_code"] == "110103"]
+    assert [details["identifiers_shown"] for details in accessed] == [False, False, True]
 
 
 def test_no_audit_trail_no_deidentification(hospital: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

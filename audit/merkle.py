@@ -100,3 +100,54 @@ def verify_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes], 
         fn >>= 1
         sn >>= 1
     return sn == 0 and r == root
+
+
+def consistency_path(leaves: Sequence[bytes], size: int) -> list[bytes]:
+    """PROOF(m, D[n]) of RFC 9162 section 2.1.4.1: the tree of the first ``size`` leaves is a prefix of this one."""
+    if not 0 < size <= len(leaves):
+        raise ValueError("the older tree must hold between one leaf and all of them")
+    return _subproof(size, leaves, True)
+
+
+def _subproof(size: int, leaves: Sequence[bytes], complete: bool) -> list[bytes]:
+    if size == len(leaves):
+        return [] if complete else [merkle_root(leaves)]
+    k = _split(len(leaves))
+    if size <= k:
+        return [*_subproof(size, leaves[:k], complete), merkle_root(leaves[k:])]
+    return [*_subproof(size - k, leaves[k:], False), merkle_root(leaves[:k])]
+
+
+def verify_consistency(
+    first_size: int, second_size: int, first_root: bytes, second_root: bytes, path: Sequence[bytes]
+) -> bool:
+    """RFC 9162 section 2.1.4.2: does ``path`` prove the tree of ``first_size`` a prefix of that of ``second_size``?"""
+    if not 0 < first_size <= second_size:
+        return False
+    if first_size == second_size:
+        return not path and first_root == second_root
+    if not path:
+        return False
+    proof = list(path)
+    if first_size & (first_size - 1) == 0:  # an exact power of two: the old root is a node of the new tree
+        proof.insert(0, first_root)
+    fn, sn = first_size - 1, second_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = proof[0]
+    for c in proof[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                while fn & 1 == 0 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return fr == first_root and sr == second_root and sn == 0

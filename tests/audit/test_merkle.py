@@ -6,7 +6,17 @@ import random
 
 import pytest
 
-from audit.merkle import EMPTY_ROOT, CompactRange, inclusion_path, leaf_hash, merkle_root, node_hash, verify_inclusion
+from audit.merkle import (
+    EMPTY_ROOT,
+    CompactRange,
+    consistency_path,
+    inclusion_path,
+    leaf_hash,
+    merkle_root,
+    node_hash,
+    verify_consistency,
+    verify_inclusion,
+)
 
 LEAVES = [
     bytes.fromhex(h)
@@ -78,3 +88,45 @@ def _mth(leaves: list[bytes]) -> bytes:
         return leaves[0]
     k = 1 << ((len(leaves) - 1).bit_length() - 1)
     return node_hash(_mth(leaves[:k]), _mth(leaves[k:]))
+
+
+PUBLISHED_CONSISTENCY = {  # the RFC 6962 test data used by certificate-transparency implementations
+    (1, 8): [
+        "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+        "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+        "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+    ],
+    (6, 8): [
+        "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+        "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+        "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+    ],
+    (2, 5): [
+        "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+        "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+    ],
+}
+
+
+@pytest.mark.parametrize(("sizes", "path"), PUBLISHED_CONSISTENCY.items())
+def test_published_consistency_proofs(sizes: tuple[int, int], path: list[str]) -> None:
+    first, second = sizes
+    assert [h.hex() for h in consistency_path(HASHED[:second], first)] == path
+    assert verify_consistency(first, second, merkle_root(HASHED[:first]), merkle_root(HASHED[:second]), map_hex(path))
+
+
+def map_hex(values: list[str]) -> list[bytes]:
+    return [bytes.fromhex(value) for value in values]
+
+
+def test_every_consistency_proof_verifies_and_a_rewritten_prefix_does_not() -> None:
+    leaves = [leaf_hash(bytes([i])) for i in range(33)]
+    for second in range(1, len(leaves) + 1):
+        for first in range(1, second + 1):
+            old_root, new_root = merkle_root(leaves[:first]), merkle_root(leaves[:second])
+            path = consistency_path(leaves[:second], first)
+            assert verify_consistency(first, second, old_root, new_root, path)
+            rewritten = list(leaves[:second])
+            rewritten[first - 1] = leaf_hash(b"rewritten")
+            forged = consistency_path(rewritten, first)
+            assert not verify_consistency(first, second, old_root, merkle_root(rewritten), forged)

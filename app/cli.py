@@ -74,7 +74,7 @@ def _prepare_database(settings: Settings) -> None:
     from app.core.db import database_ok, make_engine
     from audit import upgrade_database
 
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url.get_secret_value())
     try:
         ok, reason = database_ok(engine)
         if not ok:

@@ -158,7 +158,7 @@ def check_secret_key(settings: Settings) -> Check:
 
 
 def check_database(settings: Settings) -> Check:
-    url = settings.database_url
+    url = settings.database_url.get_secret_value()
     scheme = url.split(":", 1)[0]
     try:
         engine = make_engine(url)

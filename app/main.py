@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.prepare_data_dir()
         settings.resolve_secret_key()  # fail at start, not at the first login, if the key is unusable
         app.state.settings = settings
-        app.state.engine = make_engine(settings.database_url)
+        app.state.engine = make_engine(settings.database_url.get_secret_value())
         upgrade_database(app.state.engine)
         signing_key = load_or_create_signing_key(settings.audit_key_path)
         logger.info("omniclinic %s: %s", __version__, root.NOT_YET_AVAILABLE)

@@ -87,3 +87,5 @@ class AuditCheckpoint(AuditBase):
     signature: Mapped[str] = mapped_column(String(128))
     frontier: Mapped[str] = mapped_column(Text)
     """The compact range at this size (JSON), so the next checkpoint hashes only newer events."""
+    next_public_key: Mapped[str] = mapped_column(Text, default="", server_default="")
+    """A hand-over checkpoint names (PEM) the key that signs the checkpoints after it; signed with the old key."""

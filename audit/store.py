@@ -68,6 +68,22 @@ def lock_log(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
 
 
+def schema_is_current(engine: Engine) -> bool:
+    """Whether the audit tables exist at the latest revision; reads only (nothing is created or migrated)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import inspect
+
+    config = Config()
+    config.set_main_option("script_location", str(files("audit").joinpath("migrations")))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("audit_alembic_version"):
+            return False
+        current = connection.execute(text("SELECT version_num FROM audit_alembic_version")).scalars().all()
+    return current == [head]
+
+
 def upgrade_database(engine: Engine) -> None:
     """Create or migrate the audit tables to the latest revision (Alembic, own version table)."""
     from alembic import command

@@ -20,6 +20,9 @@ import typer
 from app.commands.errors import EXIT_FAILED, EXIT_USAGE
 from app.commands.errors import fail as _fail
 
+EXIT_UNSIGNED = 3
+"""``audit verify`` found the log intact but checked no signature (no public key): not a clean pass."""
+
 audit_cli = typer.Typer(name="audit", help="The tamper-evident audit trail.", no_args_is_help=True)
 
 
@@ -27,16 +30,40 @@ class ExportFormat(StrEnum):
     fhir = "fhir"
 
 
-def audit_engine():  # type: ignore[no-untyped-def]
-    """The app database with its audit tables ready (the data folder made first)."""
+def audit_engine(*, migrate: bool = True):  # type: ignore[no-untyped-def]
+    """The app database with its audit tables ready (the data folder made first).
+
+    With ``migrate=False`` (verify, list, prove) nothing is created or migrated: a database without
+    the current audit tables is an error, and a missing SQLite file is not made.
+    """
+    from sqlalchemy.engine import make_url
+
     from app.cli import current_settings
     from app.core.config import SettingsError
-    from app.core.db import open_database
+    from app.core.db import make_engine, open_database
+    from audit.store import schema_is_current
 
     try:
-        return open_database(current_settings())
+        settings = current_settings()
+        if migrate:
+            return open_database(settings)
     except SettingsError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
+    url = make_url(settings.database_url.get_secret_value())
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        raise _fail("there is no audit log yet: no database file (nothing was recorded)", EXIT_FAILED)
+    engine = make_engine(settings.database_url.get_secret_value())
+    try:
+        current = schema_is_current(engine)
+    except Exception as exc:  # unreachable server, bad credentials: the driver's type, never the URL
+        raise _fail(f"cannot read the audit database ({type(exc).__name__})", EXIT_FAILED) from None
+    if not current:
+        raise _fail(
+            "this database holds no audit log at the current version; a command that records (deid, ingest, "
+            "audit record, audit checkpoint) creates or upgrades it",
+            EXIT_FAILED,
+        )
+    return engine
 
 
 def _parse_time(value: str | None, option: str) -> datetime | None:
@@ -161,7 +188,7 @@ def list_cmd(
         "since": _parse_time(since, "--since"),
         "until": _parse_time(until, "--until"),
     }
-    with unit_of_work(audit_engine()) as session:
+    with unit_of_work(audit_engine(migrate=False)) as session:
         events = list_events(session=session, limit=limit, **filters)
         rows = [_row(event) for event in events]
         _log_used(session, "HOPERAT")
@@ -197,14 +224,23 @@ def verify_cmd(
     public_key: Annotated[
         Path | None, typer.Option(help="Public key to check checkpoint signatures [default: the data folder's].")
     ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="A checkpoint kept outside the database (audit checkpoint --out) [default: the data folder's]."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Recompute every event hash, link, Merkle root and signature. Exit 1 on any change."""
+    """Recompute every event hash, link, Merkle root and signature, and prove the kept checkpoint is in the log.
+
+    Exit 0 when everything checks out, 1 on any change, 3 when the log is intact but no signature was checked.
+    """
     from sqlalchemy.orm import Session
 
     from app.cli import current_settings
     from audit import load_public_key, verify_log
-    from audit.checkpoints import SigningKeyError, public_path
+    from audit.checkpoints import CheckpointFileError, CheckpointInfo, SigningKeyError, public_path
 
     settings = current_settings()
     key_path = public_key or public_path(settings.audit_key_path)
@@ -216,10 +252,19 @@ def verify_cmd(
             raise _fail(str(exc), EXIT_USAGE) from None
     elif public_key is not None:
         raise _fail(f"no public key at {public_key}", EXIT_USAGE)
-    with Session(audit_engine()) as session:
-        report = verify_log(session=session, public_key=key)
+    witness_path = checkpoint or settings.audit_witness_path
+    witness = None
+    if witness_path.exists():
+        try:
+            witness = CheckpointInfo.from_json(witness_path.read_text(encoding="utf-8"))
+        except (CheckpointFileError, OSError, UnicodeDecodeError) as exc:
+            raise _fail(f"{witness_path}: {exc}", EXIT_USAGE) from None
+    elif checkpoint is not None:
+        raise _fail(f"no checkpoint file at {checkpoint}", EXIT_USAGE)
+    with Session(audit_engine(migrate=False)) as session:
+        report = verify_log(session=session, public_key=key, witness=witness)
+    failure = report.first_failure
     if as_json:
-        failure = report.first_failure
         typer.echo(
             json.dumps(
                 {
@@ -227,6 +272,8 @@ def verify_cmd(
                     "events": report.events,
                     "checkpoints": report.checkpoints,
                     "signatures_checked": report.signatures_checked,
+                    "witness_checked": report.witness_checked,
+                    "consistency_proof": report.consistency_proof,
                     "uncovered": report.uncovered,
                     "root": report.root,
                     "first_failure": None if failure is None else {"seq": failure.seq, "reason": failure.reason},
@@ -235,16 +282,26 @@ def verify_cmd(
         )
     elif report.ok:
         signed = "signatures checked" if report.signatures_checked else "signatures NOT checked (no public key)"
+        kept = (
+            f"contains the kept checkpoint's {witness.tree_size} events (consistency proof of "
+            f"{len(report.consistency_proof)} hashes)"
+            if witness is not None
+            else "no kept checkpoint to compare with"
+        )
         typer.echo(
-            f"ok: {report.events} events, {report.checkpoints} checkpoints ({signed}), "
+            f"ok: {report.events} events, {report.checkpoints} checkpoints ({signed}), {kept}, "
             f"{report.uncovered} events after the last checkpoint; root {report.root}"
         )
     else:
-        failure = report.first_failure
         where = f"event {failure.seq}" if failure.seq is not None else "the log"
         typer.secho(f"FAILED at {where}: {failure.reason}", fg=typer.colors.RED)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+    if not report.signatures_checked:
+        typer.echo(
+            "signatures were not checked: pass --public-key PEM (kept where the database's owners cannot change it)"
+        )
+        raise typer.Exit(EXIT_UNSIGNED)
 
 
 @audit_cli.command("export")
@@ -280,19 +337,130 @@ def export_cmd(
 
 
 @audit_cli.command("checkpoint")
-def checkpoint_cmd() -> None:
-    """Sign the current tree head with the data folder's key."""
+def checkpoint_cmd(
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the signed checkpoint here, for a witness to keep elsewhere.")
+    ] = None,
+) -> None:
+    """Sign the current tree head with the data folder's key (refused when the log does not check out)."""
     from app.cli import current_settings
-    from audit import create_checkpoint, load_or_create_signing_key, unit_of_work
 
-    key = load_or_create_signing_key(current_settings().audit_key_path)
-    with unit_of_work(audit_engine()) as session:
-        checkpoint = create_checkpoint(session=session, signing_key=key)
+    checkpoint = sign_checkpoint(audit_engine(), current_settings())
     if checkpoint is None:
         typer.echo("the log is empty: nothing to sign")
-    else:
-        state = "signed" if checkpoint.new else "unchanged since"
-        typer.echo(f"{state} checkpoint: {checkpoint.tree_size} events, root {checkpoint.root_hash}")
+        return
+    state = "signed" if checkpoint.new else "unchanged since"
+    typer.echo(f"{state} checkpoint: {checkpoint.tree_size} events, root {checkpoint.root_hash}")
+    if out is not None:
+        write_witness(out, checkpoint)
+        typer.echo(f"wrote the checkpoint to {out}: keep it where the database's administrators cannot change it")
+
+
+def sign_checkpoint(engine, settings, next_key=None):  # type: ignore[no-untyped-def]
+    """Sign a checkpoint consistent with the kept one, then keep it in the data folder. Fails closed.
+
+    Returns:
+        The checkpoint (``CheckpointInfo``), or None for an empty log.
+    """
+    from audit import create_checkpoint, load_or_create_signing_key, unit_of_work
+    from audit.checkpoints import CheckpointFileError, CheckpointInfo, CheckpointRefused, SigningKeyError
+
+    try:
+        key = load_or_create_signing_key(settings.audit_key_path)
+    except SigningKeyError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    witness = None
+    if settings.audit_witness_path.exists():
+        try:
+            witness = CheckpointInfo.from_json(settings.audit_witness_path.read_text(encoding="utf-8"))
+        except (CheckpointFileError, OSError, UnicodeDecodeError) as exc:
+            raise _fail(f"{settings.audit_witness_path}: {exc}", EXIT_FAILED) from None
+    try:
+        with unit_of_work(engine) as session:
+            checkpoint = create_checkpoint(session=session, signing_key=key, witness=witness, next_key=next_key)
+    except CheckpointRefused as exc:
+        raise _fail(f"checkpoint refused: {exc}", EXIT_FAILED) from None
+    if checkpoint is not None and checkpoint.new:
+        write_witness(settings.audit_witness_path, checkpoint)
+    return checkpoint
+
+
+def write_witness(path: Path, checkpoint) -> None:  # type: ignore[no-untyped-def]
+    """Write a checkpoint file whole or not at all."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(checkpoint.to_json() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@audit_cli.command("rotate-key")
+def rotate_key_cmd() -> None:
+    """Replace the signing key: the old key signs a hand-over checkpoint naming the new one.
+
+    The old public key is kept beside the new one (``audit_signing_key.KEYID.pub.pem``): auditors keep
+    verifying with the key they trust, and verify follows the hand-over to the new key.
+    """
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from app.cli import current_settings
+    from audit.checkpoints import key_id, load_or_create_signing_key, public_path, public_pem
+
+    settings = current_settings()
+    key_path = settings.audit_key_path
+    if not key_path.exists():
+        raise _fail(f"no signing key at {key_path} to hand over from", EXIT_USAGE)
+    old_public = load_or_create_signing_key(key_path).public_key()
+    new_key = Ed25519PrivateKey.generate()
+    staged = key_path.with_name(".next-" + key_path.name)
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(
+            new_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        handle.flush()
+        os.fsync(handle.fileno())
+    engine = audit_engine()
+    record_operator_event(  # the rotation is itself on record, and the hand-over checkpoint covers it
+        engine,
+        type_code="110100",
+        details={
+            "activity": "audit signing key rotation",
+            "from": key_id(old_public),
+            "to": key_id(new_key.public_key()),
+        },
+    )
+    try:
+        checkpoint = sign_checkpoint(engine, settings, next_key=new_key.public_key())
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    if checkpoint is None:
+        staged.unlink(missing_ok=True)
+        raise _fail("the log is empty: there is nothing to hand over yet", EXIT_FAILED)
+    retired = key_path.with_name(f"{key_path.stem}.{key_id(old_public)}.pub.pem")
+    retired.write_bytes(public_pem(old_public))
+    os.replace(staged, key_path)
+    public_path(key_path).write_bytes(public_pem(new_key.public_key()))
+    new_id = key_id(new_key.public_key())
+    typer.echo(
+        f"handed over at {checkpoint.tree_size} events from key {key_id(old_public)} to {new_id}; "
+        f"the old public key is kept as {retired.name}"
+    )
 
 
 @audit_cli.command("prove")
@@ -302,7 +470,7 @@ def prove_cmd(seq: Annotated[int, typer.Argument(help="The event's sequence numb
 
     from audit import inclusion_proof
 
-    with Session(audit_engine()) as session:
+    with Session(audit_engine(migrate=False)) as session:
         try:
             proof = inclusion_proof(session=session, seq=seq)
         except LookupError as exc:

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SECRET_KEY_FILENAME = "secret_key"
 DEID_SECRET_FILENAME = "deid_secret"
 AUDIT_KEY_FILENAME = "audit_signing_key.pem"
+AUDIT_WITNESS_FILENAME = "audit_checkpoint.json"
 DATABASE_FILENAME = "omniclinic.db"
 MIN_SECRET_LENGTH = 32
 # Values that show up in tutorials and .env templates; a deployment that uses one is refused.
@@ -43,7 +44,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OMNICLINIC_", extra="ignore", validate_default=True)
 
     data_dir: Path = Field(default_factory=default_data_dir, description="Where the database, keys and caches live.")
-    database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in the data folder.")
+    database_url: SecretStr = Field(
+        default=SecretStr(""),
+        description="SQLAlchemy URL; empty means SQLite in the data folder. A secret: it may hold a password.",
+    )
     host: str = Field(default="127.0.0.1", description="Interface the web app listens on.")
     port: int = Field(default=7860, ge=1, le=65535, description="Port the web app listens on.")
     secret_key: SecretStr | None = Field(
@@ -90,8 +94,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
-        if not self.database_url:
-            self.database_url = f"sqlite:///{self.data_dir / DATABASE_FILENAME}"
+        if not self.database_url.get_secret_value():
+            self.database_url = SecretStr(f"sqlite:///{self.data_dir / DATABASE_FILENAME}")
         return self
 
     @property
@@ -107,6 +111,11 @@ class Settings(BaseSettings):
     def audit_key_path(self) -> Path:
         """Ed25519 key that signs audit checkpoints (its public half sits beside it as .pub.pem)."""
         return self.data_dir / AUDIT_KEY_FILENAME
+
+    @property
+    def audit_witness_path(self) -> Path:
+        """The last signed checkpoint, kept outside the database: the next one must be consistent with it."""
+        return self.data_dir / AUDIT_WITNESS_FILENAME
 
     @property
     def deid_secret_path(self) -> Path:

@@ -16,7 +16,7 @@ def make_engine(database_url: str) -> Engine:
 def open_database(settings: Settings) -> Engine:
     """The data folder made, the engine made, the audit tables migrated: ready to record events."""
     settings.prepare_data_dir()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url.get_secret_value())
     upgrade_database(engine)
     return engine
 

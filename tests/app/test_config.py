@@ -11,7 +11,7 @@ from app.core.config import Settings, SettingsError, load_settings
 def test_defaults_put_database_in_data_dir(isolated_settings: Path) -> None:
     settings = load_settings()
     assert settings.data_dir == isolated_settings.resolve()
-    assert settings.database_url == f"sqlite:///{isolated_settings.resolve() / 'omniclinic.db'}"
+    assert settings.database_url.get_secret_value() == f"sqlite:///{isolated_settings.resolve() / 'omniclinic.db'}"
     assert (settings.host, settings.port) == ("127.0.0.1", 7860)
 
 
@@ -20,7 +20,20 @@ def test_environment_prefix_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMNICLINIC_DATABASE_URL", "postgresql+psycopg://db/omni")
     settings = load_settings()
     assert settings.port == 8123
-    assert settings.database_url == "postgresql+psycopg://db/omni"
+    assert settings.database_url.get_secret_value() == "postgresql+psycopg://db/omni"
+
+
+def test_the_database_url_is_a_secret_never_shown(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The URL may hold the database password: no repr, str or log of the settings shows it."""
+    monkeypatch.setenv("OMNICLINIC_DATABASE_URL", "postgresql+psycopg://audit:hunter2-pass@db/omni")
+    settings = load_settings()
+    import logging
+
+    logging.getLogger("test").warning("settings: %s %r", settings, settings)
+    for text in (repr(settings), str(settings), settings.model_dump_json(), caplog.text):
+        assert "hunter2-pass" not in text
 
 
 def test_invalid_setting_is_one_readable_error(monkeypatch: pytest.MonkeyPatch) -> None:

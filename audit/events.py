@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -122,13 +123,16 @@ def sha256_hex(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass
 class RecordedEvent:
-    seq: int
+    """An event recorded in a unit of work. ``seq``, ``recorded`` and ``leaf_hash`` are set when it is
+    appended, just before the unit of work commits (or by ``append_pending``); until then ``seq`` is -1."""
+
     event_id: str
-    recorded: datetime
-    leaf_hash: str
     details: dict[str, object] = field(default_factory=dict)
+    seq: int = -1
+    recorded: datetime | None = None
+    leaf_hash: str = ""
 
 
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -187,10 +191,11 @@ def record(
     request_id: str = "",
     details: ModelCall | dict[str, object] | None = None,
 ) -> RecordedEvent:
-    """Append one event in the caller's transaction (fail closed: if this raises, roll back the access).
+    """Record one event in the caller's unit of work (fail closed: if the append fails, nothing commits).
 
-    Takes the log's lock for the rest of the transaction, links the event to the current head, and
-    flushes it. Commit with the rest of the unit of work (see ``audit.store.unit_of_work``).
+    The event is checked now and appended when the unit of work commits (``append_pending``): only
+    then is the log's lock taken, the event linked to the head and given its ``seq``. Use it inside
+    ``audit.store.unit_of_work`` and return the data only after the unit of work has committed.
 
     Raises:
         AuditError: an invalid action, outcome, entity kind or an oversized field.
@@ -206,7 +211,6 @@ def record(
     detail_map = details.as_details() if isinstance(details, ModelCall) else dict(details or {})
     row: dict[str, object] = {
         "event_id": str(uuid.uuid4()),
-        "recorded": datetime.now(UTC),
         "action": action.value,
         "type_system": type_system,
         "type_code": type_code,
@@ -229,19 +233,58 @@ def record(
     if not type_code or not agent.user_id:
         raise AuditError("an event needs a type code and an agent user id")
 
+    recorded_event = RecordedEvent(str(row["event_id"]), detail_map)
+    _pending(session).append((row, recorded_event))
+    return recorded_event
+
+
+PENDING_KEY = "omniclinic_audit_pending"
+
+
+def _now() -> datetime:
+    """The clock events are stamped with (one place, so a test can set it back)."""
+    return datetime.now(UTC)
+
+
+def _pending(session: Session) -> list[tuple[dict[str, object], RecordedEvent]]:
+    """The session's events waiting for the append; the first call hooks the append to its commit."""
+    if PENDING_KEY not in session.info:
+        session.info[PENDING_KEY] = []
+        sqlalchemy_event.listen(session, "before_commit", append_pending)
+        sqlalchemy_event.listen(session, "after_soft_rollback", _discard_pending)
+    return session.info[PENDING_KEY]
+
+
+def _discard_pending(session: Session, _transaction: object) -> None:
+    session.info.get(PENDING_KEY, []).clear()
+
+
+def append_pending(session: Session) -> None:
+    """Append the session's recorded events to the log now, under the log's lock.
+
+    Runs by itself just before the unit of work commits: the lock is held from here to the commit,
+    not while the caller reads the data the event is about, and the event is committed before the
+    unit of work returns anything. ``recorded`` is taken under the lock and never goes back in
+    time, so timestamps follow sequence order.
+    """
+    pending = session.info.get(PENDING_KEY)
+    if not pending:
+        return
     lock_log(session)
     head = session.execute(
-        select(AuditEvent.seq, AuditEvent.leaf_hash).order_by(AuditEvent.seq.desc()).limit(1)
+        select(AuditEvent.seq, AuditEvent.leaf_hash, AuditEvent.recorded).order_by(AuditEvent.seq.desc()).limit(1)
     ).first()
-    row["seq"] = 0 if head is None else head.seq + 1
-    row["prev_hash"] = GENESIS_HASH if head is None else head.leaf_hash
-    row["leaf_hash"] = leaf_hash(canonical_bytes(row)).hex()
-    session.add(AuditEvent(**row))
+    seq = 0 if head is None else head.seq + 1
+    previous = GENESIS_HASH if head is None else head.leaf_hash
+    last_time = None if head is None else head.recorded
+    for row, recorded_event in pending:
+        now = _now()
+        recorded = now if last_time is None or now >= last_time else last_time
+        row.update(seq=seq, prev_hash=previous, recorded=recorded)
+        row["leaf_hash"] = leaf_hash(canonical_bytes(row)).hex()
+        session.add(AuditEvent(**row))
+        recorded_event.seq, recorded_event.recorded = seq, recorded
+        recorded_event.leaf_hash = str(row["leaf_hash"])
+        seq, previous, last_time = seq + 1, str(row["leaf_hash"]), recorded
+    pending.clear()
     session.flush()
-    return RecordedEvent(
-        int(row["seq"]),
-        str(row["event_id"]),
-        row["recorded"],
-        str(row["leaf_hash"]),  # type: ignore[arg-type]
-        detail_map,
-    )

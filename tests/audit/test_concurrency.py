@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -87,3 +89,54 @@ def test_sigkill_loses_no_acknowledged_event(target: LogTarget, engine: Engine) 
     with unit_of_work(engine) as session:  # the log goes on after the crash
         after = record(session=session, action="R", type_code="110110", agent=Agent("after"))
     assert after.seq == max(stored) + 1 and _verified(engine)
+
+
+def test_a_long_data_access_does_not_hold_the_log_for_everyone_else(engine: Engine) -> None:
+    """One request records its event, then reads its data for a while; another request's event must
+    go through meanwhile. The lock is taken at the append, just before the commit, not at ``record``."""
+    recorded, other_done, errors = threading.Event(), threading.Event(), []
+
+    def slow_request() -> None:
+        try:
+            with unit_of_work(engine) as session:
+                record(session=session, action="R", type_code="110103", agent=Agent("slow"))
+                recorded.set()
+                if not other_done.wait(timeout=20):  # the data access, lasting until the other request is done
+                    errors.append("the other request waited for this one's data access")
+        except Exception as exc:
+            errors.append(exc)
+
+    def quick_request() -> None:
+        recorded.wait(timeout=20)
+        try:
+            with unit_of_work(engine) as session:
+                record(session=session, action="R", type_code="110103", agent=Agent("quick"))
+        except Exception as exc:
+            errors.append(exc)
+        other_done.set()
+
+    threads = [threading.Thread(target=slow_request), threading.Thread(target=quick_request)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    with Session(engine) as session:
+        users = list(session.scalars(select(AuditEvent.agent_user).order_by(AuditEvent.seq)))
+    assert users == ["quick", "slow"] and _verified(engine)
+
+
+def test_recorded_times_follow_sequence_order_even_when_the_clock_steps_back(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server clock set back (NTP, a wrong manual change) must not make a later event look earlier."""
+    import audit.events
+
+    for step in range(3):
+        if step == 1:
+            monkeypatch.setattr(audit.events, "_now", lambda: datetime.now(UTC) - timedelta(hours=1))
+        with unit_of_work(engine) as session:
+            record(session=session, action="R", type_code="110110", agent=Agent(f"step-{step}"))
+    with Session(engine) as session:
+        times = list(session.scalars(select(AuditEvent.recorded).order_by(AuditEvent.seq)))
+    assert times == sorted(times) and _verified(engine)

@@ -29,14 +29,15 @@ from audit.models import AuditEvent
 
 def _append(engine: Engine, user: str = "dr.grey", study: str = "1.2.3", **kwargs: object) -> int:
     with unit_of_work(engine) as session:
-        return record(
+        event = record(
             session=session,
             action="R",
             type_code="110110",
             agent=Agent(user, "radiologist"),
             entities=[Entity("study", study)],
-            **kwargs,
-        ).seq  # type: ignore[arg-type]
+            **kwargs,  # type: ignore[arg-type]
+        )
+    return event.seq  # given when the unit of work committed
 
 
 def _count(engine: Engine) -> int:

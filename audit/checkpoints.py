@@ -268,6 +268,22 @@ def create_checkpoint(
     return CheckpointInfo(tree.size, root, created, identifier, signature, True, handover)
 
 
+def checkpoint_due(*, session: Session, every_events: int, every_seconds: float) -> bool:
+    """Whether ``every_events`` events were added since the last checkpoint, or any were and it is
+    ``every_seconds`` old (a log with no checkpoint yet is due as soon as it holds an event)."""
+    from sqlalchemy import func
+
+    size = int(session.scalar(select(func.count()).select_from(AuditEvent)) or 0)
+    last = session.execute(
+        select(AuditCheckpoint.tree_size, AuditCheckpoint.created).order_by(AuditCheckpoint.tree_size.desc()).limit(1)
+    ).first()
+    if last is None:
+        return size > 0
+    added = size - last.tree_size
+    age = (datetime.now(UTC) - last.created).total_seconds()
+    return added >= every_events or (added > 0 and age >= every_seconds)
+
+
 def _signed_by_or_for(checkpoint: AuditCheckpoint, key: Ed25519PublicKey) -> bool:
     """Signed with ``key``, or a hand-over (signed by the previous key) that names ``key`` as the next."""
     if checkpoint.next_public_key:

@@ -121,6 +121,27 @@ def record_operator_event(
             outcome=outcome,
             details=details,
         )
+    checkpoint_if_due(engine)
+
+
+def checkpoint_if_due(engine, *, force: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """Sign a checkpoint when the settings' event count or age is reached (always with ``force``)."""
+    from sqlalchemy.orm import Session
+
+    from app.cli import current_settings
+    from audit.checkpoints import checkpoint_due
+
+    settings = current_settings()
+    if not force:
+        with Session(engine) as session:
+            due = checkpoint_due(
+                session=session,
+                every_events=settings.audit_checkpoint_events,
+                every_seconds=settings.audit_checkpoint_seconds,
+            )
+        if not due:
+            return
+    sign_checkpoint(engine, settings)
 
 
 def _log_used(session, purpose: str) -> None:  # type: ignore[no-untyped-def]
@@ -166,6 +187,7 @@ def record_event(
     except AuditError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     typer.echo(f"recorded event {event.seq} ({event.event_id})")
+    checkpoint_if_due(engine)
 
 
 @audit_cli.command("list")

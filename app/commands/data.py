@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from app.commands.audit import audit_engine, record_operator_event
+from app.commands.audit import audit_engine, checkpoint_if_due, record_operator_event
 from app.commands.errors import EXIT_FAILED, EXIT_USAGE, fail
 from app.core.config import Settings, SettingsError
 
@@ -172,6 +172,7 @@ def deid(
         outcome=0 if summary.all_written else MINOR_FAILURE,
         details={"tool": "deid", "phase": "finished", "options": options, **counts},
     )
+    checkpoint_if_due(engine, force=True)  # a finished export is always under a signed checkpoint
     typer.echo(f"written {counts['written']}, quarantined {counts['quarantined']}, rejected {counts['rejected']}")
     for code, number in sorted(summary.reasons.items()):
         typer.echo(f"  {code}: {number}")
@@ -231,6 +232,22 @@ def ingest(
             workers=workers,
             on_progress=progress,
         )
+    record_operator_event(
+        engine,
+        type_code=EXPORT,
+        studies=summary.source_studies,
+        outcome=0 if summary.clean else MINOR_FAILURE,
+        details={
+            "tool": "ingest",
+            "phase": "finished",
+            "options": options,
+            "written": summary.written,
+            "already_done": summary.already_done,
+            "quarantined": summary.quarantined,
+            "rejected": len(summary.rejected),
+        },
+    )
+    checkpoint_if_due(engine, force=True)
     typer.echo(
         f"written {summary.written}, already done {summary.already_done}, quarantined {summary.quarantined}, "
         f"rejected {len(summary.rejected)}"

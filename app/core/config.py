@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     )
     max_audio_seconds: float = Field(default=600.0, gt=0, le=7200, description="Longest audio accepted, seconds.")
     cpu_threads: int = Field(default=2, ge=1, le=256, description="Threads for CPU inference.")
+    audit_checkpoint_events: int = Field(
+        default=100, ge=1, le=1_000_000, description="Sign an audit checkpoint after this many new events."
+    )
+    audit_checkpoint_seconds: float = Field(
+        default=300.0, gt=0, le=86_400, description="Sign an audit checkpoint when new events are this old."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("data_dir", "model_dir", mode="after")

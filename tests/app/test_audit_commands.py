@@ -38,7 +38,7 @@ def _record(user: str = "dr.grey", *extra: str):  # type: ignore[no-untyped-def]
 
 def test_record_list_verify_export_prove(isolated_settings: Path, tmp_path: Path) -> None:
     assert _record().exit_code == 0
-    assert _run("checkpoint").stdout.startswith("signed checkpoint: 1 events")
+    assert _run("checkpoint").stdout.startswith("unchanged since checkpoint: 1 events")  # signed with the first event
     assert _record("dr.house", "--outcome", "4", "--patient", "P9").exit_code == 0
 
     listing = _run("list", "--json")

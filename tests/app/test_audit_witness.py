@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.core.config import get_settings
 from audit import create_audit_engine
 from audit.events import COLUMNS, GENESIS_HASH, canonical_bytes
 from audit.merkle import leaf_hash
@@ -121,4 +123,43 @@ def test_rotate_key_hands_over_and_the_old_public_key_still_verifies_everything(
     assert _run("checkpoint").exit_code == 0  # signed with the new key
     verified = _run("verify", "--public-key", str(old_public), "--json")
     assert verified.exit_code == 0, verified.output
-    assert json.loads(verified.stdout)["checkpoints"] == 3
+    assert json.loads(verified.stdout)["checkpoints"] == 4  # the first event, 3, the hand-over, 6
+
+
+def _checkpoints(isolated_settings: Path) -> list[int]:
+    engine = create_audit_engine(f"sqlite:///{isolated_settings / 'omniclinic.db'}")
+    with Session(engine) as session:
+        sizes = list(session.scalars(select(AuditCheckpoint.tree_size).order_by(AuditCheckpoint.tree_size)))
+    engine.dispose()
+    return sizes
+
+
+def test_checkpoints_are_signed_every_n_events_and_kept_in_the_data_folder(
+    isolated_settings: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMNICLINIC_AUDIT_CHECKPOINT_EVENTS", "4")
+    get_settings.cache_clear()
+    _record(9)
+    assert _checkpoints(isolated_settings) == [1, 5, 9]  # the first event, then every four
+    kept = json.loads((isolated_settings / "audit_checkpoint.json").read_text())
+    assert kept["tree_size"] == 9
+
+
+def test_checkpoints_are_signed_when_new_events_are_old_enough(
+    isolated_settings: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _record(3)
+    assert _checkpoints(isolated_settings) == [1]  # 100 events or 300 s by default
+    monkeypatch.setenv("OMNICLINIC_AUDIT_CHECKPOINT_SECONDS", "0.001")
+    get_settings.cache_clear()
+    _record(1)
+    assert _checkpoints(isolated_settings) == [1, 4]
+
+
+def test_a_deid_run_ends_under_a_signed_checkpoint(isolated_settings: Path, tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    result = runner.invoke(cli, ["deid", get_testdata_file("CT_small.dcm"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    sizes = _checkpoints(isolated_settings)
+    assert sizes[-1] == 2  # started and finished: both covered

@@ -23,7 +23,7 @@ from whisper_normalizer.english import EnglishTextNormalizer
 from medical_data.audio import decode_audio
 from omni_core.speech.asr import SpeechRecognizer, resolve_model
 from omni_core.speech.encode import ogg_opus_bytes, wav_bytes
-from omni_core.speech.errors import ModelNotFound
+from omni_core.speech.errors import ModelNotFound, SynthesisError
 from omni_core.speech.normalize import normalize_for_speech
 from omni_core.speech.tts import EspeakSynthesizer, load_synthesizer, speak, stream_speech
 
@@ -91,7 +91,12 @@ def main() -> None:
             f"{statistics.median(scores['none']):.3f} without"
         )
 
-    for synthesizer in (natural, EspeakSynthesizer()):
+    engines = [natural]
+    try:
+        engines.append(EspeakSynthesizer())
+    except SynthesisError as exc:
+        print(f"TTS espeak: skipped ({exc}; `make bench` installs it)")
+    for synthesizer in engines:
         runs = []
         for _ in range(5):
             started = time.perf_counter()

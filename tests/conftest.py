@@ -63,3 +63,11 @@ def require_service() -> Callable[[bool, str], None]:
         pytest.skip(reason)
 
     return check
+
+
+@pytest.fixture
+def ocr(require_service: Callable[[bool, str], None]) -> None:
+    """Tesseract for burned-in text: `make test` installs it (Debian's tesseract-ocr)."""
+    from medical_data.deid.burned_in import ocr_available
+
+    require_service(ocr_available(), "tesseract-ocr is not installed (make system installs it)")

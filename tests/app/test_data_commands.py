@@ -55,6 +55,7 @@ def _all_text(folder: Path) -> str:
     return "\n".join(p.read_bytes().decode("latin-1") for p in folder.rglob("*") if p.is_file())
 
 
+@pytest.mark.usefixtures("ocr")  # the ultrasound's pixel text is masked, not quarantined
 def test_deid_writes_a_clean_tree_and_exits_1_on_problems(
     hospital: Path, tmp_path: Path, isolated_settings: Path
 ) -> None:
@@ -128,6 +129,7 @@ def test_deid_missing_source_and_file_as_out_exit_2(hospital: Path, tmp_path: Pa
     assert result.exit_code == 2 and "not a folder" in result.output
 
 
+@pytest.mark.usefixtures("ocr")
 def test_ingest_builds_a_dataset_and_resumes(hospital: Path, tmp_path: Path, isolated_settings: Path) -> None:
     out = tmp_path / "dataset"
     first = runner.invoke(cli, ["ingest", str(hospital), "--out", str(out)])

@@ -80,11 +80,3 @@ def packaged_dicom_files() -> list[Path]:
 
     roots = [shipped_file("CT_small.dcm").parent, Path(data_store.__file__).parent, Path(deid_data.__file__).parent]
     return sorted({p for root in roots for p in root.rglob("*.dcm")})
-
-
-@pytest.fixture
-def ocr(require_service: Callable[[bool, str], None]) -> None:
-    """Tesseract for burned-in text: `make system` installs it (Debian's tesseract-ocr)."""
-    from medical_data.deid.burned_in import ocr_available
-
-    require_service(ocr_available(), "tesseract-ocr is not installed (make system installs it)")

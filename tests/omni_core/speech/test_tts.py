@@ -81,7 +81,11 @@ def test_bad_text_and_missing_engines_are_clear_errors(
     monkeypatch.setattr(tts, "piper_voice_files", lambda: None)
     with pytest.raises(SynthesisError, match="omniclinic\\[piper\\]"):
         tts.load_synthesizer("piper")
-    assert tts.load_synthesizer("auto").name == "espeak"  # the fallback
     monkeypatch.setattr(tts.shutil, "which", lambda _: None)
     with pytest.raises(SynthesisError, match="espeak-ng is not installed"):
         EspeakSynthesizer()
+
+
+def test_without_piper_auto_falls_back_to_espeak(espeak: EspeakSynthesizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tts, "piper_voice_files", lambda: None)
+    assert tts.load_synthesizer("auto").name == "espeak"

@@ -21,8 +21,6 @@ Cached items keep their header facts and affine, so training sees what inference
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ from medical_data.deid.text import KnownIdentifiers, TextScrubber
 from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom
 from medical_data.discovery import InputFile, Rejection, iter_input_files
 from medical_data.errors import MedicalDataError
+from medical_data.files import write_text_atomically
 from medical_data.notes import NOTE_SUFFIXES, Note, StudyKey, pair_notes, read_notes
 from medical_data.transforms import (
     DEFAULT_MAX_PIXELS,
@@ -102,20 +101,6 @@ def _load_state(state_path: Path) -> dict[str, dict[str, object]]:
             continue  # a line cut by a crash: that input is simply done again
         state[record["key"]] = record
     return state
-
-
-def _write_text_atomically(destination: Path, text: str) -> None:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".partial-", dir=destination.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, destination)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _study_identities(items: Iterable[InputFile], limits: DicomLimits) -> dict[str, tuple[str, KnownIdentifiers]]:
@@ -212,7 +197,7 @@ def ingest_folder(
                 }
             )
         )
-    _write_text_atomically(out_dir / MANIFEST_NAME, "".join(line + "\n" for line in lines))
+    write_text_atomically(out_dir / MANIFEST_NAME, "".join(line + "\n" for line in lines))
     return summary
 
 
@@ -280,7 +265,7 @@ def _write_reports(
         text = "\n\n".join(scrubber.scrub(note.text, known).text for note in study_notes)
         new_uid = deidentifier.remap_uid(original_uid)
         relative = f"reports/{new_uid}.txt"
-        _write_text_atomically(out_dir / relative, text + "\n")
+        write_text_atomically(out_dir / relative, text + "\n")
         reports[new_uid] = relative
         summary.notes_paired += len(study_notes)
     return reports

@@ -409,20 +409,9 @@ def sign_checkpoint(engine, settings, next_key=None):  # type: ignore[no-untyped
 
 def write_witness(path: Path, checkpoint) -> None:  # type: ignore[no-untyped-def]
     """Write a checkpoint file whole or not at all."""
-    import os
-    import tempfile
+    from medical_data.files import write_text_atomically
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(checkpoint.to_json() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, checkpoint.to_json() + "\n")
 
 
 @audit_cli.command("rotate-key")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -80,3 +81,23 @@ def packaged_dicom_files() -> list[Path]:
 
     roots = [shipped_file("CT_small.dcm").parent, Path(data_store.__file__).parent, Path(deid_data.__file__).parent]
     return sorted({p for root in roots for p in root.rglob("*.dcm")})
+
+
+class _Pipe(io.RawIOBase):
+    """A read-only stream without seek or length, like an upload's body."""
+
+    def __init__(self, data: bytes) -> None:
+        self._inner = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        chunk = self._inner.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def unseekable_stream(data: bytes) -> io.BufferedReader:
+    """``data`` behind a stream that cannot seek or tell its length (a pipe, a network body)."""
+    return io.BufferedReader(_Pipe(data))

@@ -11,6 +11,8 @@ import pytest
 from medical_data.audio import SAMPLE_RATE, AudioLimits, decode_audio
 from medical_data.errors import AudioDecodeError, AudioLimitError
 
+from .conftest import unseekable_stream
+
 TONE_HZ = 440.0
 
 
@@ -131,22 +133,7 @@ def test_playlists_and_unknown_containers_are_refused_before_ffmpeg_sees_them(tm
                 decode_audio(source)
 
 
-class _Pipe(io.RawIOBase):
-    """A read-only stream without seek or length, like an upload's body."""
-
-    def __init__(self, data: bytes) -> None:
-        self._inner = io.BytesIO(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
-        chunk = self._inner.read(len(buffer))
-        buffer[: len(chunk)] = chunk
-        return len(chunk)
-
-
-@pytest.mark.parametrize("wrap", [io.BytesIO, lambda data: io.BufferedReader(_Pipe(data))])
+@pytest.mark.parametrize("wrap", [io.BytesIO, unseekable_stream])
 def test_streams_have_the_same_limits_as_paths(tmp_path: Path, wrap) -> None:  # type: ignore[no-untyped-def]
     data = _encode(tmp_path / "tone.wav", "wav", "pcm_s16le").read_bytes()
     assert decode_audio(wrap(data)).duration_s == pytest.approx(1.0, abs=0.05)

@@ -20,7 +20,7 @@ from medical_data.errors import (
     TruncatedDicomError,
 )
 
-from .conftest import make_ct_slice, packaged_dicom_files, shipped_file
+from .conftest import make_ct_slice, packaged_dicom_files, shipped_file, unseekable_stream
 
 
 def _bytes_of(name: str) -> bytes:
@@ -184,22 +184,7 @@ def test_corrupt_deflated_data_is_a_typed_rejection(tmp_path: Path) -> None:
         read_dicom(_write(tmp_path, bytes(data)))
 
 
-class _Unseekable(io.RawIOBase):
-    """A pipe-like stream: read only, no seek, no length."""
-
-    def __init__(self, data: bytes) -> None:
-        self._inner = io.BytesIO(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
-        chunk = self._inner.read(len(buffer))
-        buffer[: len(chunk)] = chunk
-        return len(chunk)
-
-
-@pytest.mark.parametrize("wrap", [io.BytesIO, lambda data: io.BufferedReader(_Unseekable(data))])
+@pytest.mark.parametrize("wrap", [io.BytesIO, unseekable_stream])
 def test_streams_have_the_same_limits_as_paths(wrap) -> None:  # type: ignore[no-untyped-def]
     data = _bytes_of("CT_small.dcm")
     assert read_dicom(wrap(data)).Modality == "CT"

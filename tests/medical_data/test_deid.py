@@ -99,17 +99,24 @@ def test_uids_are_remapped_consistently_and_keyed() -> None:
 
 
 def test_nested_sequences_are_walked() -> None:
+    """Identifiers inside sequences the profile keeps and walks (not ones it removes whole)."""
     ds = _patient_slice()
     item = Dataset()
     item.PatientName = "Doe^Jane"
     item.PatientID = "MRN-4477821"
     item.StudyInstanceUID = ds.StudyInstanceUID
+    item.ReferencedSOPInstanceUID = generate_uid()
     deeper = Dataset()
     deeper.InstitutionName = "Saint Example Hospital"
-    item.RequestAttributesSequence = Sequence([deeper])
-    ds.ReferencedPatientSequence = Sequence([item])
+    deeper.CodeMeaning = "Seen by Doe"
+    item.AnatomicRegionSequence = Sequence([deeper])  # not in Table E.1-1: kept, walked by the safety net
+    ds.ReferencedImageSequence = Sequence([item])  # U: kept with its UIDs remapped
+    secrets = (b"Doe", b"4477821", b"Saint Example", str(item.StudyInstanceUID).encode())
+    referenced = str(item.ReferencedSOPInstanceUID).encode()
     data = _saved_bytes(_deid(ds))
-    for secret in (b"Doe", b"4477821", b"Saint Example", str(item.StudyInstanceUID).encode()):
+    assert len(ds.ReferencedImageSequence) == 1  # the items are there, walked
+    assert len(ds.ReferencedImageSequence[0].AnatomicRegionSequence) == 1
+    for secret in (*secrets, referenced):
         assert secret not in data
 
 

@@ -153,6 +153,9 @@ def test_ingest_builds_a_dataset_and_resumes(hospital: Path, tmp_path: Path, iso
     dataset = cached_dataset(out)
     images = [dataset[i]["image"] for i in range(len(dataset))]
     assert all(image.shape[-1] % 28 == 0 and image.shape[-2] % 28 == 0 for image in images)
+    assert sorted(image.meta["Modality"] for image in images) == ["CT", "MR", "US"]  # header facts from the cache
+    ct_image = next(image for image in images if image.meta["Modality"] == "CT")
+    assert ct_image.shape[1] == 4 and float(ct_image[0, 3].mean()) > float(ct_image[0, 0].mean())  # slices in order
 
 
 def test_ingest_refuses_out_inside_source(hospital: Path) -> None:

@@ -17,7 +17,7 @@ from enum import IntEnum, StrEnum
 
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from audit.merkle import leaf_hash
 from audit.models import AuditEvent
@@ -234,6 +234,8 @@ def record(
         raise AuditError("an event needs a type code and an agent user id")
 
     recorded_event = RecordedEvent(str(row["event_id"]), detail_map)
+    if session.get_transaction() is None:
+        session.begin()  # what autobegin would do (no connection yet): a rollback now discards the event
     _pending(session).append((row, recorded_event))
     return recorded_event
 
@@ -251,12 +253,19 @@ def _pending(session: Session) -> list[tuple[dict[str, object], RecordedEvent]]:
     if PENDING_KEY not in session.info:
         session.info[PENDING_KEY] = []
         sqlalchemy_event.listen(session, "before_commit", append_pending)
-        sqlalchemy_event.listen(session, "after_soft_rollback", _discard_pending)
+        sqlalchemy_event.listen(session, "after_transaction_end", _discard_pending)
     return session.info[PENDING_KEY]
 
 
-def _discard_pending(session: Session, _transaction: object) -> None:
-    session.info.get(PENDING_KEY, []).clear()
+def _discard_pending(session: Session, transaction: SessionTransaction) -> None:
+    """When the outermost transaction ends, nothing recorded in it may wait for a later one.
+
+    After a commit the list is already empty (appended); after a rollback the events go with the
+    data they were about. A savepoint's end (``begin_nested``) leaves them alone: the outer unit of
+    work still commits them.
+    """
+    if transaction.parent is None and not transaction.nested:
+        session.info.get(PENDING_KEY, []).clear()
 
 
 def append_pending(session: Session) -> None:

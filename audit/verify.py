@@ -105,6 +105,15 @@ def verify_log(
         )
     report.uncovered = tree.size - (checkpoints[-1].tree_size if checkpoints else 0)
     if witness is not None and report.ok:
+        if not any(CheckpointInfo.of(row) == witness for row in checkpoints):
+            report.failures.append(
+                Failure(
+                    None,
+                    f"the kept checkpoint of {witness.tree_size} events is not among the database's checkpoints "
+                    "(checkpoint rows were deleted or replaced)",
+                )
+            )
+            return _finish(report, tree)
         _check_witness(report, witness, leaves or [], tree, keys)
     return _finish(report, tree)
 

@@ -102,6 +102,7 @@ def record_operator_event(
     studies=(),
     outcome: int = 0,  # type: ignore[no-untyped-def]
     details: dict[str, object] | None = None,
+    checkpoint: bool = True,
 ) -> None:
     """Record, in its own unit of work, an act of the person at the command line on patient data.
 
@@ -121,7 +122,8 @@ def record_operator_event(
             outcome=outcome,
             details=details,
         )
-    checkpoint_if_due(engine)
+    if checkpoint:
+        checkpoint_if_due(engine)
 
 
 def checkpoint_if_due(engine, *, force: bool = False) -> None:  # type: ignore[no-untyped-def]
@@ -262,18 +264,20 @@ def verify_cmd(
 
     from app.cli import current_settings
     from audit import load_public_key, verify_log
-    from audit.checkpoints import CheckpointFileError, CheckpointInfo, SigningKeyError, public_path
+    from audit.checkpoints import CheckpointFileError, CheckpointInfo, SigningKeyError
 
     settings = current_settings()
-    key_path = public_key or public_path(settings.audit_key_path)
+    engine = audit_engine(migrate=False)
     key = None
-    if key_path.exists():
+    if public_key is not None:
+        if not public_key.exists():
+            raise _fail(f"no public key at {public_key}", EXIT_USAGE)
         try:
-            key = load_public_key(key_path)
+            key = load_public_key(public_key)
         except SigningKeyError as exc:
             raise _fail(str(exc), EXIT_USAGE) from None
-    elif public_key is not None:
-        raise _fail(f"no public key at {public_key}", EXIT_USAGE)
+    else:
+        key = _first_signing_key(engine, settings)
     witness_path = checkpoint or settings.audit_witness_path
     witness = None
     if witness_path.exists():
@@ -283,7 +287,7 @@ def verify_cmd(
             raise _fail(f"{witness_path}: {exc}", EXIT_USAGE) from None
     elif checkpoint is not None:
         raise _fail(f"no checkpoint file at {checkpoint}", EXIT_USAGE)
-    with Session(audit_engine(migrate=False)) as session:
+    with Session(engine) as session:
         report = verify_log(session=session, public_key=key, witness=witness)
     failure = report.first_failure
     if as_json:
@@ -324,6 +328,33 @@ def verify_cmd(
             "signatures were not checked: pass --public-key PEM (kept where the database's owners cannot change it)"
         )
         raise typer.Exit(EXIT_UNSIGNED)
+
+
+def _first_signing_key(engine, settings):  # type: ignore[no-untyped-def]
+    """The data folder's public key that signed the log's first checkpoint (a rotated log's chain starts
+    there: ``rotate-key`` keeps retired public keys beside the current one); the current one otherwise."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from audit import load_public_key
+    from audit.checkpoints import SigningKeyError, key_id, public_path
+    from audit.models import AuditCheckpoint
+
+    current = public_path(settings.audit_key_path)
+    paths = [current, *sorted(settings.data_dir.glob(f"{settings.audit_key_path.stem}.*.pub.pem"))]
+    keys = {}
+    for path in paths:
+        if path.exists():
+            try:
+                key = load_public_key(path)
+            except SigningKeyError as exc:
+                raise _fail(str(exc), EXIT_USAGE) from None
+            keys[key_id(key)] = key
+    with Session(engine) as session:
+        first = session.scalar(select(AuditCheckpoint.key_id).order_by(AuditCheckpoint.tree_size).limit(1))
+    if first in keys:
+        return keys[first]
+    return next(iter(keys.values()), None)
 
 
 @audit_cli.command("export")
@@ -454,6 +485,7 @@ def rotate_key_cmd() -> None:
             "from": key_id(old_public),
             "to": key_id(new_key.public_key()),
         },
+        checkpoint=False,  # the hand-over itself is the next checkpoint
     )
     try:
         checkpoint = sign_checkpoint(engine, settings, next_key=new_key.public_key())

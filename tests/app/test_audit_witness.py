@@ -70,7 +70,7 @@ def test_a_kept_checkpoint_catches_a_log_rewritten_after_its_checkpoints_were_de
     assert unwitnessed.exit_code == 2  # not a checkpoint file: a usage error, not a pass
     rewritten = _run("verify", "--public-key", str(public_key), "--checkpoint", str(witness))
     assert rewritten.exit_code == 1
-    assert "no longer contains the 6 events of the kept checkpoint" in rewritten.stdout
+    assert "kept checkpoint" in rewritten.stdout  # its rows are gone, and the log no longer contains its tree
     refused = _run("checkpoint")  # the data folder keeps the last checkpoint too: no signature for the new history
     assert refused.exit_code == 1 and "checkpoint refused" in refused.output
 
@@ -124,6 +124,36 @@ def test_rotate_key_hands_over_and_the_old_public_key_still_verifies_everything(
     verified = _run("verify", "--public-key", str(old_public), "--json")
     assert verified.exit_code == 0, verified.output
     assert json.loads(verified.stdout)["checkpoints"] == 4  # the first event, 3, the hand-over, 6
+    by_default = _run("verify")  # from the data folder's retired key, along the hand-over
+    assert by_default.exit_code == 0, by_default.output
+
+
+def test_rotation_when_a_checkpoint_is_due_still_hands_over(
+    isolated_settings: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _record(2)
+    monkeypatch.setenv("OMNICLINIC_AUDIT_CHECKPOINT_SECONDS", "0.001")
+    get_settings.cache_clear()
+    rotated = _run("rotate-key")
+    assert rotated.exit_code == 0, rotated.output
+    assert _run("verify").exit_code == 0
+
+
+def test_deleting_every_checkpoint_row_is_caught_and_nothing_new_is_signed(
+    isolated_settings: Path, tmp_path: Path
+) -> None:
+    """Events after the last checkpoint can be rewritten unseen, but the deleted signed rows cannot."""
+    _record(5)
+    witness = tmp_path / "checkpoint.json"
+    assert _run("checkpoint", "--out", str(witness)).exit_code == 0
+    _record(2)
+    engine = create_audit_engine(f"sqlite:///{isolated_settings / 'omniclinic.db'}")
+    with Session(engine) as session, session.begin():
+        session.execute(delete(AuditCheckpoint))
+    engine.dispose()
+    result = _run("verify", "--checkpoint", str(witness))
+    assert result.exit_code == 1 and "not among the database's checkpoints" in result.stdout
+    assert _run("checkpoint").exit_code == 1
 
 
 def _checkpoints(isolated_settings: Path) -> list[int]:

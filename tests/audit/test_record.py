@@ -143,3 +143,22 @@ def test_list_filters(engine: Engine) -> None:
         assert list_events(session=session, since=future) == []
         assert len(list_events(session=session, until=future)) == 3
         assert [e.seq for e in list_events(session=session, limit=1, offset=1)] == [1]
+
+
+def test_a_recorded_event_commits_with_its_unit_of_work_and_only_then(sqlite_engine: Engine) -> None:
+    """A failed savepoint inside the unit of work keeps its event; a rolled-back session loses it."""
+    with unit_of_work(sqlite_engine) as session:
+        record(session=session, action="R", type_code="110110", agent=Agent("kept"))
+        try:
+            with session.begin_nested():
+                session.execute(select(1))
+                raise ValueError("a step that failed and was rolled back to its savepoint")
+        except ValueError:
+            pass
+    with Session(sqlite_engine) as session:
+        record(session=session, action="R", type_code="110110", agent=Agent("rolled.back"))
+        session.rollback()
+        session.commit()
+    with Session(sqlite_engine) as session:
+        users = list(session.scalars(select(AuditEvent.agent_user).order_by(AuditEvent.seq)))
+    assert users == ["kept"]

@@ -36,6 +36,12 @@ class DicomLimitError(DicomRejected):
     code = "limit_exceeded"
 
 
+class MissingIdentityError(DicomRejected):
+    """An object without a Study, Series or SOP Instance UID: it cannot be filed or linked."""
+
+    code = "missing_attribute"
+
+
 class MissingPixelDataError(DicomRejected):
     code = "missing_pixel_data"
 

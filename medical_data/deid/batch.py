@@ -21,7 +21,7 @@ from typing import Literal, TextIO
 from medical_data.deid.dicom import DicomDeidentifier
 from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, quiet_pydicom, read_dicom, write_atomically
 from medical_data.discovery import DEFAULT_ARCHIVE_LIMITS, ArchiveLimits, InputFile, Rejection, iter_input_files
-from medical_data.errors import MedicalDataError
+from medical_data.errors import MedicalDataError, MissingIdentityError
 
 Status = Literal["written", "quarantined", "rejected"]
 
@@ -89,6 +89,10 @@ def deidentify_one(
         dataset = read_dicom(item.path, limits=limits)
         with quiet_pydicom():  # a malformed UID is quoted in pydicom's warning
             source_study = str(dataset.get("StudyInstanceUID", ""))
+        with quiet_pydicom():  # a malformed UID is quoted in pydicom's warning
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+                if not str(dataset.get(keyword, "") or "").strip():
+                    raise MissingIdentityError(f"the object has no {keyword}; it cannot be filed")
         outcome = deidentifier.deidentify(dataset)
         sop_uid = str(dataset.SOPInstanceUID)
         destination = output_path(out_dir, str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), sop_uid)

@@ -352,9 +352,21 @@ class DicomDeidentifier:
         PN emptied; UI remapped (UIDs the standard defines are kept); DA and DT shifted with the
         patient's dates under the retain-dates option, else emptied, and TM kept only under it; UR
         removed; free text removed unless it is technical (``TECHNICAL_TEXT_KEYWORDS``) and holds none
-        of the patient's header identifiers; unknown public attributes (UN) removed.
+        of the patient's header identifiers. Public attributes no dictionary knows are removed
+        whatever their VR, and so is a known attribute written with a VR other than its own (a
+        sequence stored as OB would otherwise never be walked).
         """
+        try:
+            known_vr = dictionary_VR(number)
+        except KeyError:  # a public tag no dictionary knows: nothing says what it may hold
+            del ds[tag]
+            counts["safety_net"] += 1
+            return
         vr = _raw_vr(ds, tag, number)
+        if " or " not in known_vr and vr != known_vr:  # a known attribute written with another VR
+            del ds[tag]
+            counts["safety_net"] += 1
+            return
         retains_dates = self.options.retain_dates
         if vr == "PN":
             ds[tag].value = ""

@@ -240,3 +240,23 @@ def test_structure_check_descends_into_implicit_vr_sequences(tmp_path: Path) -> 
     assert check_structure(dataset) >= 2
     with pytest.raises(Exception, match="nested"):
         check_structure(pydicom.dcmread(shipped_file("rtplan.dcm")), DicomLimits(max_sequence_depth=1))
+
+
+def test_unknown_public_tags_and_mistyped_attributes_are_removed_whatever_their_vr() -> None:
+    ds = _patient_slice()
+    ds.add_new(0x00089998, "CS", "SMITH JOHN")  # no dictionary knows (0008,9998)
+    ds.add_new(0x00089999, "OB", b"SMITH JOHN MRN12345678")
+    ds.add_new(0x00081110, "OB", b"Doe Jane as bytes")  # ReferencedStudySequence written as OB: never walked
+    data = _saved_bytes(_deid(ds))
+    assert b"SMITH" not in data and b"Doe Jane" not in data
+
+
+def test_objects_without_their_uids_are_rejected_not_filed(tmp_path: Path, write_dicom) -> None:  # type: ignore[no-untyped-def]
+    ds = _patient_slice()
+    ds.SeriesInstanceUID = ""
+    write_dicom(ds, "in/no-series.dcm")
+    summary = deidentify_files(
+        [tmp_path / "in"], tmp_path / "out", DicomDeidentifier(site_secret=SECRET), work_dir=tmp_path / "w"
+    )
+    assert summary.counts == {"rejected": 1} and summary.reasons == {"missing_attribute": 1}
+    assert not (tmp_path / "out").exists()

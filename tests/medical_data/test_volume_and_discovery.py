@@ -169,6 +169,22 @@ def test_a_corrupt_zip_member_is_rejected_alone_and_named_by_its_index(
     assert sorted(p.name for p in (tmp_path / "x").rglob("*.member")) == ["000000.member"]  # nothing half-written
 
 
+def test_a_corrupt_lzma_member_is_rejected_alone(tmp_path: Path, write_dicom: Callable[[Dataset, str], Path]) -> None:
+    slices = _series(2)
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_LZMA) as bundle:
+        for index, ds in enumerate(slices):
+            bundle.write(write_dicom(ds, f"staging/{index}.dcm"), f"{index}.dcm")
+        corrupt = bundle.infolist()[0]
+    data = bytearray(archive.read_bytes())
+    payload = corrupt.header_offset + 30 + len(corrupt.filename) + len(corrupt.extra)
+    data[payload + 12 : payload + 200] = bytes(188)  # inside the LZMA stream
+    archive.write_bytes(bytes(data))
+    result = scan([archive], extract_dir=tmp_path / "x")
+    assert [(r.display_name, r.code) for r in result.rejected] == [(f"{archive}!0", "archive_member_rejected")]
+    assert sum(study.instance_count for study in result.studies.values()) == 1
+
+
 def test_dicomdir_lists_its_records(tmp_path: Path) -> None:
     result = scan([shipped_file("DICOMDIR")], extract_dir=tmp_path)
     assert sum(study.instance_count for study in result.studies.values()) == 31

@@ -99,6 +99,18 @@ class OcrSettings:
     every frame; elsewhere a region is masked in the frames where it was found."""
     max_frames: int = 256
     """Distinct frames read per object; more is refused (quarantined) rather than half-checked."""
+    max_level_passes: int = 3
+    """Histogram-spike grey levels read as their own masks (dim or mid-grey drawn text)."""
+    min_level_pixels: int = 40
+    """A spike needs this many pixels (a short word in a small font has about a hundred)."""
+    spike_ratio: float = 6.0
+    """How far a level's count must stand above its neighbours' median to count as drawn."""
+    shrink_from: int = 400
+    """Frames whose shorter side is at least this are also read shrunk (very large text)."""
+    shrink: int = 4
+    """The shrink factor of that pass."""
+    max_decoded_bytes: int = 2 * 1024**3
+    """Rendering more than this (frames x rows x columns x channels x 4 bytes) for OCR is refused (quarantined)."""
 
     def __post_init__(self) -> None:
         if not self.thresholds or not all(0.0 < t < 1.0 for t in self.thresholds):
@@ -134,6 +146,10 @@ TESSERACT_TIMEOUT_S = 60
 def ocr_available() -> bool:
     """Whether the Tesseract binary is installed."""
     return shutil.which("tesseract") is not None
+
+
+def _alphanumeric(text: str) -> int:
+    return sum(character.isalnum() for character in text)
 
 
 def _qualifies(text: str, confidence: float, settings: OcrSettings) -> bool:
@@ -217,29 +233,86 @@ def find_text(gray: np.ndarray, settings: OcrSettings = OcrSettings()) -> list[T
     if high - low < 16:
         return []  # a flat frame holds no legible text
     regions: list[TextRegion] = []
-    scale, border = settings.scale, settings.border
-    for fraction in settings.thresholds:
-        foreground = gray >= low + fraction * (high - low)
-        image = Image.fromarray(np.pad(np.where(foreground, 0, 255).astype(np.uint8), border, constant_values=255))
-        if scale > 1:  # dark text on white, enlarged: what Tesseract reads best
-            image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    for foreground, shrink in _binaries(gray, low, high, settings):
+        image = Image.fromarray(np.where(foreground, 0, 255).astype(np.uint8))
+        if shrink > 1:  # very large text (scanned forms, screen captures): Tesseract reads it smaller
+            image = image.resize((max(1, columns // shrink), max(1, rows // shrink)), Image.Resampling.BOX)
+            image = image.point(lambda value: 0 if value < 160 else 255)
+        image = _padded_image(image, settings.border)
+        factor = settings.scale if shrink == 1 else 1
+        if factor > 1:  # dark text on white, enlarged: what Tesseract reads best
+            image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", compress_level=1)
         for left, top, width, height, confidence, text in _tesseract_words(buffer.getvalue()):
-            top, left = top // scale - border, left // scale - border
-            word = Box(
-                max(0, top), max(0, left), min(rows, top + -(-height // scale)), min(columns, left + -(-width // scale))
-            )
-            if _is_text(gray, foreground, word, text, confidence, settings):
+            top, left = (top // factor - settings.border) * shrink, (left // factor - settings.border) * shrink
+            bottom, right = top + -(-height // factor) * shrink, left + -(-width // factor) * shrink
+            word = Box(max(0, top), max(0, left), min(rows, bottom), min(columns, right))
+            if _is_text(gray, foreground, word, text, confidence, settings, large=shrink > 1):
                 confident = confidence >= settings.confirm_confidence
                 regions.append(TextRegion(_padded(word, settings.padding, rows, columns), confident))
     return regions
 
 
+def _padded_image(image: object, border: int) -> object:
+    """A margin in the colour of the image's own edges (a white frame round a black page hides its text)."""
+    from PIL import ImageOps
+
+    pixels = np.asarray(image)
+    edges = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    fill = 0 if np.count_nonzero(edges == 0) > edges.size // 2 else 255
+    return ImageOps.expand(image, border=border, fill=fill)  # type: ignore[arg-type]
+
+
+def _binaries(gray: np.ndarray, low: int, high: int, settings: OcrSettings) -> list[tuple[np.ndarray, int]]:
+    """Foreground masks to read, each with its shrink factor.
+
+    - Thresholds at fractions of the frame's range: bright overlay text over anatomy and speckle.
+    - One mask per grey level drawn as a spike in the histogram below those thresholds: text drawn in
+      a dim or mid grey, which a bright structure in the same frame would push under every threshold.
+      Speckle and anatomy spread over many levels; drawn text shares one.
+    - The first threshold again, shrunk, for frames large enough to hold text taller than
+      ``max_height`` (Tesseract misses very large glyphs).
+    """
+    masks = [(gray >= low + fraction * (high - low), 1) for fraction in settings.thresholds]
+    lowest = low + min(settings.thresholds) * (high - low)
+    for level in _drawn_levels(gray, settings)[: settings.max_level_passes]:
+        if level < lowest:
+            masks.append((np.abs(gray.astype(np.int16) - level) <= settings.colour_tolerance, 1))
+    if min(gray.shape) >= settings.shrink_from:
+        masks.append((masks[0][0], settings.shrink))
+    return masks
+
+
+def _drawn_levels(gray: np.ndarray, settings: OcrSettings) -> list[int]:
+    """Grey levels that stand out of the histogram as spikes (the commonest, the background, excluded)."""
+    histogram = np.bincount(gray.ravel(), minlength=256).astype(np.float64)
+    background = int(histogram.argmax())
+    spikes = []
+    for level in range(1, 255):
+        count = histogram[level]
+        if level == background or count < settings.min_level_pixels:
+            continue
+        neighbours = np.concatenate(
+            [histogram[max(0, level - 6) : max(0, level - 2)], histogram[level + 3 : level + 7]]
+        )
+        if count >= settings.spike_ratio * (float(np.median(neighbours)) + 1.0):
+            spikes.append((count, level))
+    return [level for _, level in sorted(spikes, reverse=True)]
+
+
 def _is_text(
-    gray: np.ndarray, foreground: np.ndarray, word: Box, text: str, confidence: float, settings: OcrSettings
+    gray: np.ndarray,
+    foreground: np.ndarray,
+    word: Box,
+    text: str,
+    confidence: float,
+    settings: OcrSettings,
+    large: bool = False,
 ) -> bool:
     height = word.bottom - word.top
+    if large:  # the shrunk pass: only confidently read words taller than the other passes take
+        return height > settings.max_height and confidence >= settings.sure_confidence and _alphanumeric(text) >= 3
     if not settings.min_height <= height <= settings.max_height or not _qualifies(text, confidence, settings):
         return False
     if confidence >= settings.sure_confidence and sum(c.isalnum() for c in text) >= 3:
@@ -261,6 +334,33 @@ def _padded(word: Box, padding: int, rows: int, columns: int) -> Box:
 def _luminance(frames: np.ndarray) -> np.ndarray:
     """(frames, rows, columns, channels) in [0, 1] to uint8 grey; the brightest channel, so coloured text shows."""
     return np.round(frames.max(axis=-1) * 255.0).astype(np.uint8)
+
+
+def _full_range_view(dataset: Dataset, gray: np.ndarray, limits: DicomLimits) -> list[np.ndarray]:
+    """Grey stored values over their whole range (uint8, bright up), when the header's window hides some.
+
+    Only a window the header sets can hide drawn text on purpose-built displays; the robust window
+    used otherwise keeps the extremes where overlay text is drawn.
+    """
+    if int(dataset.get("SamplesPerPixel", 1) or 1) != 1 or str(dataset.get("PhotometricInterpretation", "")) not in (
+        "MONOCHROME1",
+        "MONOCHROME2",
+    ):
+        return []
+    if "WindowCenter" not in dataset and "VOILUTSequence" not in dataset:
+        return []
+    stored, _ = decode_frames(dataset, limits)
+    values = np.asarray(stored, dtype=np.float32).reshape(gray.shape)
+    low, high = float(values.min()), float(values.max())
+    if high - low <= 0:
+        return []
+    full = np.round((values - low) / (high - low) * 255.0).astype(np.uint8)
+    if str(dataset.PhotometricInterpretation) == "MONOCHROME1":
+        full = 255 - full
+    sample = (slice(None), slice(None, None, 4), slice(None, None, 4))
+    if len(np.unique(full[sample])) <= len(np.unique(gray[sample])):
+        return []  # the window keeps every distinction the stored values make
+    return [full]
 
 
 def _frame_groups(frames: np.ndarray) -> dict[int, list[int]]:
@@ -309,9 +409,19 @@ class PixelTextRedactor:
         """Find and mask pixel text in ``dataset``; the pixels are rewritten uncompressed when any was found.
 
         Raises:
-            PixelTextError: no OCR engine, or more distinct frames than ``settings.max_frames``.
+            PixelTextError: no OCR engine, more distinct frames than ``settings.max_frames``, or more
+                pixels than ``settings.max_decoded_bytes`` to render.
             DicomRejected: the pixels cannot be decoded.
+
+        The frames are read as displayed (the header's window) and, for grey images whose window
+        hides part of the stored range, over the whole stored range too: text drawn in values the
+        window clips to black or white is still read.
         """
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+        rendered_bytes = frames * int(dataset.get("Rows", 0) or 0) * int(dataset.get("Columns", 0) or 0) * samples * 4
+        if rendered_bytes > self.settings.max_decoded_bytes:
+            raise PixelTextError(f"{frames} frames are too many pixels to check for text at once")
         display = render(dataset, limits=limits).pixels  # (frames, rows, columns, channels) in [0, 1]
         gray = _luminance(display)
         groups = _frame_groups(gray)
@@ -319,23 +429,23 @@ class PixelTextRedactor:
             raise PixelTextError(
                 f"{len(groups)} distinct frames, over the {self.settings.max_frames} that are checked for text"
             )
+        views = [gray.copy(), *_full_range_view(dataset, gray, limits)]  # masked as found; gray stays as read
+        darkest = [int(view.min()) for view in views]
         masks = _Masks(set(), {first: set() for first in groups})
-        working, darkest = gray.copy(), int(gray.min())
         reads, cleared = 0, False
         while reads <= self.settings.max_rounds and not cleared:
             reads += 1
             confident_text = False
             for first in groups:
-                for region in find_text(working[first], self.settings):
-                    if masks.covers(region.box, first):
-                        continue
-                    confident_text |= region.confident
-                    if self._is_static(gray, region.box):
-                        masks.everywhere.add(region.box)
-                        _fill(working, slice(None), [region.box], darkest)
-                    else:
-                        masks.per_frame[first].add(region.box)
-                        _fill(working, groups[first], [region.box], darkest)
+                for view in views:
+                    for region in find_text(view[first], self.settings):
+                        if masks.covers(region.box, first):
+                            continue
+                        confident_text |= region.confident
+                        static = self._is_static(gray, region.box)
+                        (masks.everywhere if static else masks.per_frame[first]).add(region.box)
+                        for other, value in zip(views, darkest, strict=True):
+                            _fill(other, slice(None) if static else groups[first], [region.box], value)
             cleared = not confident_text  # every word this read found is masked; none was read confidently
         if masks.count:
             self._mask_stored(dataset, masks, groups, display, limits)

@@ -15,7 +15,7 @@ from medical_data.deid import BurnedInAnnotationError, DicomDeidentifier, burned
 from medical_data.deid.burned_in import OcrSettings, PixelTextRedactor, _tesseract_words
 from medical_data.pixels import render
 
-from .burned_in_images import DATE, NAME, glyph_mask, secondary_capture_with_text, ultrasound_with_text
+from .burned_in_images import DATE, NAME, draw_text, glyph_mask, secondary_capture_with_text, ultrasound_with_text
 from .conftest import make_ct_slice
 
 SECRET = b"burned-in-test-site-secret-00000"
@@ -124,3 +124,60 @@ def test_recognizable_visual_features_are_quarantined() -> None:
         DicomDeidentifier(site_secret=SECRET).deidentify(face)
     outcome = DicomDeidentifier(site_secret=SECRET, allow_burned_in=["CT"]).deidentify(face)
     assert any("RecognizableVisualFeatures" in warning for warning in outcome.warnings)
+
+
+def _grey_capture(pixels: np.ndarray) -> Dataset:
+    from .burned_in_images import _dataset
+
+    return _dataset("1.2.840.10008.5.1.4.1.1.7", "OT", pixels)
+
+
+def _ellipse_with_text(text_level: int) -> np.ndarray:
+    from PIL import ImageDraw
+
+    image = Image.new("L", (320, 256), 0)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((150, 60, 300, 220), fill=255)  # a bright structure sets the frame's range
+    return np.asarray(draw_text(np.asarray(image), [(20, 10, f"{NAME} {DATE}")], size=16, fill=text_level))
+
+
+@pytest.mark.usefixtures("ocr")
+@pytest.mark.parametrize("level", [110, 150])
+def test_dim_text_beside_a_bright_structure_is_masked(level: int) -> None:
+    """Text drawn in a mid grey sits under every brightness threshold once something brighter is in the frame."""
+    pixels = _ellipse_with_text(level)
+    output = _written(_grey_capture(pixels))
+    assert output.BurnedInAnnotation == "NO"
+    strokes = pixels == level
+    assert (output.pixel_array[strokes] != level).mean() > 0.95  # the strokes are masked
+    assert _name_or_date_read(_read_back(output)) == []
+
+
+@pytest.mark.usefixtures("ocr")
+def test_text_the_header_window_hides_is_masked() -> None:
+    """Stored values that the header's window shows as black are still text in the file."""
+    pixels = np.zeros((256, 320), np.uint16)
+    pixels[60:220, 150:300] = 1000
+    glyphs = draw_text(np.zeros((256, 320), np.uint8), [(20, 10, f"{NAME} {DATE}")], size=16) > 128
+    pixels[glyphs] = 20
+    capture = _grey_capture(pixels.astype(np.uint8))
+    capture.BitsAllocated, capture.BitsStored, capture.HighBit = 16, 16, 15
+    capture.PixelData = pixels.tobytes()
+    capture.WindowCenter, capture.WindowWidth = 600, 400  # 20 renders black
+    output = _written(capture)
+    assert output.BurnedInAnnotation == "NO"
+    assert (output.pixel_array[glyphs] != 20).mean() > 0.95
+
+
+@pytest.mark.usefixtures("ocr")
+def test_very_large_text_on_a_scanned_form_is_masked() -> None:
+    pixels = np.full((600, 1400), 235, np.uint8)
+    pixels = draw_text(pixels, [(20, 40, "SMITH JOHN"), (300, 40, "DOB 1980")], size=170, fill=20)
+    output = _written(_grey_capture(pixels))
+    assert output.BurnedInAnnotation == "NO"
+    read_back = _read_back(output)
+    assert [word for word in ("SMITH", "JOHN", "1980") if word in read_back] == []
+    for band in (slice(0, 250), slice(250, 600)):  # each line of text: filled, no stroke stands out of its box
+        rows, columns = np.nonzero(pixels[band] == 20)
+        area = output.pixel_array[band][rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+        assert (area == area.min()).mean() > 0.9

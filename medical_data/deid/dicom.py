@@ -100,9 +100,14 @@ TECHNICAL_TEXT_KEYWORDS = (
     "WindowCenterWidthExplanation",
     "PositionReferenceIndicator",
     "DimensionDescriptionLabel",
-    "DeidentificationMethod",
 )
 TECHNICAL_TEXT_TAGS = frozenset(int(tag_for_keyword(keyword)) for keyword in TECHNICAL_TEXT_KEYWORDS)
+CODE_MEANING = int(tag_for_keyword("CodeMeaning"))
+STANDARD_CODING_SCHEMES = frozenset(
+    {"DCM", "SCT", "SRT", "LN", "UCUM", "FMA", "RADLEX", "NCIt", "MDC", "ACR", "BI", "UMLS", "I10", "ICD10", "UBERON"}
+)
+"""Coding schemes whose code meanings are the standard's or a terminology's words. A local scheme's
+meaning is a site's own text (it often repeats a procedure description) and is removed."""
 
 
 class BurnedInAnnotationError(MedicalDataError):
@@ -382,12 +387,24 @@ class DicomDeidentifier:
         elif vr == "UR" or vr == "UN":
             del ds[tag]
         elif vr in FREE_TEXT_VRS:
-            if number in TECHNICAL_TEXT_TAGS and not self._holds_identifier(ds[tag].value, known):
+            if number in TECHNICAL_TEXT_TAGS and self._technical_text_is_clean(ds, number, ds[tag].value, known):
                 return
             del ds[tag]
         else:
             return  # codes, numbers, ages, bytes and sequences (walked) hold no free identity
         counts["safety_net"] += 1
+
+    def _technical_text_is_clean(self, ds: Dataset, number: int, value: object, known: KnownIdentifiers) -> bool:
+        """Allow-listed text is kept only when it names none of the patient's header identifiers and
+        no pattern identifier (a titled name, a phone, a date, an MRN...), wherever it sits; a code
+        meaning only when its coding scheme is a standard one."""
+        if number == CODE_MEANING and str(ds.get("CodingSchemeDesignator", "")).strip() not in STANDARD_CODING_SCHEMES:
+            return False
+        text = str(value or "")
+        if not text.strip() or self._holds_identifier(text, known):
+            return not text.strip()
+        scrubber = self._scrubber = self._scrubber or TextScrubber()
+        return not scrubber.scrub(text).removed
 
     def _holds_identifier(self, value: object, known: KnownIdentifiers) -> bool:
         if not known.values:

@@ -260,3 +260,20 @@ def test_objects_without_their_uids_are_rejected_not_filed(tmp_path: Path, write
     )
     assert summary.counts == {"rejected": 1} and summary.reasons == {"missing_attribute": 1}
     assert not (tmp_path / "out").exists()
+
+
+def test_allow_listed_technical_text_loses_other_peoples_identity_too() -> None:
+    """The technical allow-list keeps device text, not a relative's name, a phone or a birth date."""
+    ds = _patient_slice()
+    local, standard, nested = Dataset(), Dataset(), Dataset()
+    local.CodeValue, local.CodingSchemeDesignator = "CTHEAD1", "99LOCAL"
+    local.CodeMeaning = "CT head for Quentin Marlowe"  # a site's own meaning: its own words
+    standard.CodeValue, standard.CodingSchemeDesignator, standard.CodeMeaning = "77477000", "SCT", "CT of head"
+    nested.DeidentificationMethod = "Quentin Marlowe DOB 1980-02-03"
+    nested.SequenceName = "Dr. Marlowe"  # a titled name
+    ds.ProcedureCodeSequence = Sequence([local, standard])
+    ds.ReferencedImageSequence = Sequence([nested])
+    ds.Manufacturer = "ACME Imaging"
+    data = _saved_bytes(_deid(ds))
+    assert b"Marlowe" not in data and b"1980-02-03" not in data
+    assert b"CT of head" in data and b"ACME Imaging" in data  # standard and device text stays

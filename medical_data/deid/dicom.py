@@ -519,10 +519,29 @@ def _shift_dates(value: object, shift: timedelta, vr: str) -> object:
     return shifted if len(shifted) > 1 else shifted[0]
 
 
+DT_VALUE = r"\d{4,14}(?:\.\d{1,6})?(?:[+-]\d{4})?"
+DT_RANGE = re.compile(rf"({DT_VALUE})?-({DT_VALUE})?")
+
+
+def _dt_range(text: str) -> tuple[str, str] | None:
+    """The two ends of a DT range (either may be empty), or None when ``text`` is one DT value."""
+    if re.fullmatch(DT_VALUE, text):
+        return None
+    match = DT_RANGE.fullmatch(text)
+    return (match.group(1) or "", match.group(2) or "") if match else None
+
+
 def _shift_one(text: str, shift: timedelta, vr: str) -> str:
-    """Shift a DA (or the date part of a DT, or each end of a DA range); unparseable becomes empty."""
-    if "-" in text and vr == "DA":
+    """Shift a DA or the date part of a DT, or each end of a DA or DT range; unparseable becomes empty.
+
+    In a DT, ``-HHMM`` at the end is a UTC offset; any other ``-`` separates the ends of a range.
+    """
+    if vr == "DA" and "-" in text:
         return "-".join(_shift_one(part, shift, vr) if part else "" for part in text.split("-", 1))
+    if vr == "DT":
+        ends = _dt_range(text)
+        if ends is not None:
+            return "-".join(_shift_one(part, shift, vr) if part else "" for part in ends)
     try:
         moved = date(int(text[:4]), int(text[4:6]), int(text[6:8])) - shift
     except (ValueError, IndexError):

@@ -277,3 +277,14 @@ def test_allow_listed_technical_text_loses_other_peoples_identity_too() -> None:
     data = _saved_bytes(_deid(ds))
     assert b"Marlowe" not in data and b"1980-02-03" not in data
     assert b"CT of head" in data and b"ACME Imaging" in data  # standard and device text stays
+
+
+def test_retained_datetime_ranges_shift_both_ends_and_keep_offsets() -> None:
+    ds = _patient_slice()
+    nested = Dataset()
+    nested.add_new(0x0040A120, "DT", "20190304120000-20190305")  # DateTime (content item): a range
+    nested.add_new(0x0040A13A, "DT", "20190304120000-0500")  # ReferencedDateTime with a UTC offset
+    ds.ReferencedImageSequence = Sequence([nested])
+    data = _saved_bytes(_deid(ds, options=ProfileOptions(retain_dates=True)))
+    assert b"20190305" not in data and b"20190304" not in data
+    assert b"-0500" in data  # the offset is not a date

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -204,6 +205,7 @@ def create_checkpoint(
     signing_key: Ed25519PrivateKey,
     witness: CheckpointInfo | None = None,
     next_key: Ed25519PublicKey | None = None,
+    retired_keys: Sequence[Ed25519PublicKey] = (),
 ) -> CheckpointInfo | None:
     """Sign the current tree head, hashing only the events since the last checkpoint.
 
@@ -214,6 +216,7 @@ def create_checkpoint(
 
     Args:
         next_key: sign a hand-over to this key (``rotate-key``): later checkpoints are signed with it.
+        retired_keys: earlier signing keys; a hand-over to ``signing_key`` must verify with one of them.
 
     Returns:
         None for an empty log; the last checkpoint (``new=False``) when nothing was added.
@@ -226,7 +229,7 @@ def create_checkpoint(
     lock_log(session)
     public = signing_key.public_key()
     last = session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size.desc()).limit(1)).first()
-    if last is not None and not _signed_by_or_for(last, public):
+    if last is not None and not _signed_by_or_for(last, public, retired_keys):
         raise CheckpointRefused(
             f"the last checkpoint ({last.tree_size} events) does not verify with this log's signing key; "
             "run `omniclinic audit verify` and investigate before signing again"
@@ -284,10 +287,11 @@ def checkpoint_due(*, session: Session, every_events: int, every_seconds: float)
     return added >= every_events or (added > 0 and age >= every_seconds)
 
 
-def _signed_by_or_for(checkpoint: AuditCheckpoint, key: Ed25519PublicKey) -> bool:
-    """Signed with ``key``, or a hand-over (signed by the previous key) that names ``key`` as the next."""
+def _signed_by_or_for(checkpoint: AuditCheckpoint, key: Ed25519PublicKey, retired: Sequence[Ed25519PublicKey]) -> bool:
+    """Signed with ``key``, or a hand-over that names ``key`` as the next and verifies with a retired key."""
     if checkpoint.next_public_key:
-        return checkpoint.next_public_key.encode() == public_pem(key)
+        names_us = checkpoint.next_public_key.encode() == public_pem(key)
+        return names_us and any(signature_valid(checkpoint, old) for old in retired)
     return signature_valid(checkpoint, key)
 
 

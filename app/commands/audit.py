@@ -430,12 +430,32 @@ def sign_checkpoint(engine, settings, next_key=None):  # type: ignore[no-untyped
             raise _fail(f"{settings.audit_witness_path}: {exc}", EXIT_FAILED) from None
     try:
         with unit_of_work(engine) as session:
-            checkpoint = create_checkpoint(session=session, signing_key=key, witness=witness, next_key=next_key)
+            checkpoint = create_checkpoint(
+                session=session,
+                signing_key=key,
+                witness=witness,
+                next_key=next_key,
+                retired_keys=_retired_keys(settings),
+            )
     except CheckpointRefused as exc:
         raise _fail(f"checkpoint refused: {exc}", EXIT_FAILED) from None
     if checkpoint is not None and checkpoint.new:
         write_witness(settings.audit_witness_path, checkpoint)
     return checkpoint
+
+
+def _retired_keys(settings):  # type: ignore[no-untyped-def]
+    """The public keys ``rotate-key`` retired into the data folder (unreadable ones are skipped)."""
+    from audit import load_public_key
+    from audit.checkpoints import SigningKeyError
+
+    keys = []
+    for path in sorted(settings.data_dir.glob(f"{settings.audit_key_path.stem}.*.pub.pem")):
+        try:
+            keys.append(load_public_key(path))
+        except (SigningKeyError, OSError):
+            continue
+    return keys
 
 
 def write_witness(path: Path, checkpoint) -> None:  # type: ignore[no-untyped-def]

@@ -193,3 +193,20 @@ def test_a_deid_run_ends_under_a_signed_checkpoint(isolated_settings: Path, tmp_
     assert result.exit_code == 0, result.output
     sizes = _checkpoints(isolated_settings)
     assert sizes[-1] == 2  # started and finished: both covered
+
+
+def test_a_forged_hand_over_naming_our_key_is_not_signed_on_top_of(isolated_settings: Path) -> None:
+    """A row that claims the log was handed over to this key must carry the old key's signature."""
+    from audit.checkpoints import public_path
+
+    _record(3)
+    public = public_path(isolated_settings / "audit_signing_key.pem").read_text()
+    engine = create_audit_engine(f"sqlite:///{isolated_settings / 'omniclinic.db'}")
+    with Session(engine) as session, session.begin():
+        first = session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size)).first()
+        assert first is not None
+        first.next_public_key, first.signature = public, "00" * 64  # a hand-over nobody signed
+    engine.dispose()
+    _record(1)  # a checkpoint is due only at 100 events: this one just adds an event
+    result = _run("checkpoint")
+    assert result.exit_code == 1 and "does not verify with this log's signing key" in result.output

@@ -123,6 +123,9 @@ def pair_notes(notes: Iterable[Note], studies: Iterable[StudyKey]) -> NotePairin
                 pairing.ambiguous.append((note, reason))
                 continue
             study = candidates[0] if candidates else None
+            if study is not None and note.study_instance_uid:  # its own UID names no study here
+                pairing.ambiguous.append((note, "its study UID and its accession number name different studies"))
+                continue
         if study is None:
             pairing.unpaired.append(note)
         else:

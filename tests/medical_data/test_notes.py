@@ -65,3 +65,12 @@ def test_an_accession_number_shared_by_two_studies_pairs_nothing() -> None:
         ("by accession", "its accession number belongs to 2 studies; give the study UID to pair it")
     ]
     assert {uid: [n.text for n in found] for uid, found in pairing.paired.items()} == {"1.2.3.9": ["by uid"]}
+
+
+def test_a_note_whose_uid_and_accession_disagree_pairs_nothing() -> None:
+    studies = [StudyKey(UID, "A1")]
+    note = Note("which one?", accession_number="A1", study_instance_uid="1.2.3.999")
+    pairing = pair_notes([note], studies)
+    assert pairing.paired == {} and [reason for _, reason in pairing.ambiguous] == [
+        "its study UID and its accession number name different studies"
+    ]

@@ -157,7 +157,8 @@ def test_a_corrupt_transfer_syntax_is_rejected(tmp_path: Path) -> None:
 
 def _deflated(tmp_path: Path, extra_bytes: int) -> Path:
     """A CT slice in Deflated Explicit VR Little Endian carrying ``extra_bytes`` of zeros (they deflate ~1000x)."""
-    dataset = make_ct_slice()
+    dataset = make_ct_slice(study_uid="1.2.826.0.1.3680043.8.498.1", series_uid="1.2.826.0.1.3680043.8.498.2")
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.3"
     dataset.add_new(0x00110010, "LO", "BOMB")
     dataset.add_new(0x00111010, "OB", b"\0" * extra_bytes)
     dataset.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
@@ -177,11 +178,14 @@ def test_a_deflate_bomb_is_refused_before_it_is_inflated(tmp_path: Path) -> None
     assert read_dicom(path).Modality == "CT"  # within the default bound it reads
 
 
-def test_corrupt_deflated_data_is_a_typed_rejection(tmp_path: Path) -> None:
-    data = bytearray(_deflated(tmp_path, 1000).read_bytes())
-    data[-40:] = b"\xff" * 40
-    with pytest.raises(TruncatedDicomError, match="deflated"):
-        read_dicom(_write(tmp_path, bytes(data)))
+def test_corrupt_or_cut_deflated_data_is_a_typed_rejection(tmp_path: Path) -> None:
+    data = _deflated(tmp_path, 1000).read_bytes()  # the same bytes every run (fixed UIDs)
+    with pytest.raises(TruncatedDicomError, match="deflated dataset ends early"):
+        read_dicom(_write(tmp_path, data[:-40]))
+    corrupt = bytearray(data)
+    corrupt[-60:-20] = b"\xff" * 40  # raw deflate has no checksum: this may inflate to garbage, never a crash
+    with pytest.raises(DicomRejected):
+        read_dicom(_write(tmp_path, bytes(corrupt)))
 
 
 @pytest.mark.parametrize("wrap", [io.BytesIO, unseekable_stream])

@@ -89,43 +89,29 @@ def deidentify_one(
         dataset = read_dicom(item.path, limits=limits)
         with quiet_pydicom():  # a malformed UID is quoted in pydicom's warning
             source_study = str(dataset.get("StudyInstanceUID", ""))
-        with quiet_pydicom():  # a malformed UID is quoted in pydicom's warning
             for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
                 if not str(dataset.get(keyword, "") or "").strip():
                     raise MissingIdentityError(f"the object has no {keyword}; it cannot be filed")
         outcome = deidentifier.deidentify(dataset)
         sop_uid = str(dataset.SOPInstanceUID)
         destination = output_path(out_dir, str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), sop_uid)
-        if stage is not None:
-            write_atomically(dataset, stage)
-            return FileOutcome(
-                item.display_name,
-                str(destination),
-                "written",
-                actions=dict(outcome.actions),
-                warnings=tuple(outcome.warnings),
-                source_study_uid=source_study,
-                staged=str(stage),
-            )
-        if sop_uid in written:
-            return FileOutcome(
-                item.display_name,
-                None,
-                "rejected",
-                "duplicate_instance",
-                "the same SOP instance appeared twice in the input; the first copy was kept",
-                source_study_uid=source_study,
-            )
-        write_atomically(dataset, destination)
-        written.add(sop_uid)
-        return FileOutcome(
+        written_outcome = FileOutcome(
             item.display_name,
             str(destination),
             "written",
             actions=dict(outcome.actions),
             warnings=tuple(outcome.warnings),
             source_study_uid=source_study,
+            staged=str(stage or ""),
         )
+        if stage is not None:
+            write_atomically(dataset, stage)
+            return written_outcome
+        if sop_uid in written:
+            return _duplicate(item.display_name, source_study)
+        write_atomically(dataset, destination)
+        written.add(sop_uid)
+        return written_outcome
     except MedicalDataError as exc:
         status: Status = "quarantined" if exc.code.startswith("quarantined") else "rejected"
         return FileOutcome(item.display_name, None, status, exc.code, exc.reason, source_study_uid=source_study)
@@ -144,6 +130,17 @@ def deidentify_one(
         )
 
 
+def _duplicate(display_name: str, source_study: str) -> FileOutcome:
+    return FileOutcome(
+        display_name,
+        None,
+        "rejected",
+        "duplicate_instance",
+        "the same SOP instance appeared twice in the input; the first copy was kept",
+        source_study_uid=source_study,
+    )
+
+
 def commit_staged(outcome: FileOutcome, written: set[str]) -> FileOutcome:
     """Move a staged output into place, or drop it when its SOP instance was already written."""
     if not outcome.staged:
@@ -152,14 +149,7 @@ def commit_staged(outcome: FileOutcome, written: set[str]) -> FileOutcome:
     sop_uid = destination.stem
     if sop_uid in written:
         staged.unlink(missing_ok=True)
-        return FileOutcome(
-            outcome.input,
-            None,
-            "rejected",
-            "duplicate_instance",
-            "the same SOP instance appeared twice in the input; the first copy was kept",
-            source_study_uid=outcome.source_study_uid,
-        )
+        return _duplicate(outcome.input, outcome.source_study_uid)
     destination.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staged, destination)
     written.add(sop_uid)

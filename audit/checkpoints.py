@@ -77,6 +77,16 @@ def public_path(private_path: Path) -> Path:
     return private_path.with_name(private_path.stem + ".pub.pem")
 
 
+def retired_public_path(private_path: Path, retired_key_id: str) -> Path:
+    """Where ``rotate-key`` keeps a retired key's public half, beside the current one."""
+    return private_path.with_name(f"{private_path.stem}.{retired_key_id}.pub.pem")
+
+
+def retired_public_paths(private_path: Path) -> list[Path]:
+    """Every retired public key kept beside ``private_path``, in name order."""
+    return sorted(private_path.parent.glob(f"{private_path.stem}.*.pub.pem"))
+
+
 def public_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 

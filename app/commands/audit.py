@@ -337,11 +337,11 @@ def _first_signing_key(engine, settings):  # type: ignore[no-untyped-def]
     from sqlalchemy.orm import Session
 
     from audit import load_public_key
-    from audit.checkpoints import SigningKeyError, key_id, public_path
+    from audit.checkpoints import SigningKeyError, key_id, public_path, retired_public_paths
     from audit.models import AuditCheckpoint
 
     current = public_path(settings.audit_key_path)
-    paths = [current, *sorted(settings.data_dir.glob(f"{settings.audit_key_path.stem}.*.pub.pem"))]
+    paths = [current, *retired_public_paths(settings.audit_key_path)]
     keys = {}
     for path in paths:
         if path.exists():
@@ -447,10 +447,10 @@ def sign_checkpoint(engine, settings, next_key=None):  # type: ignore[no-untyped
 def _retired_keys(settings):  # type: ignore[no-untyped-def]
     """The public keys ``rotate-key`` retired into the data folder (unreadable ones are skipped)."""
     from audit import load_public_key
-    from audit.checkpoints import SigningKeyError
+    from audit.checkpoints import SigningKeyError, retired_public_paths
 
     keys = []
-    for path in sorted(settings.data_dir.glob(f"{settings.audit_key_path.stem}.*.pub.pem")):
+    for path in retired_public_paths(settings.audit_key_path):
         try:
             keys.append(load_public_key(path))
         except (SigningKeyError, OSError):
@@ -478,7 +478,7 @@ def rotate_key_cmd() -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from app.cli import current_settings
-    from audit.checkpoints import key_id, load_or_create_signing_key, public_path, public_pem
+    from audit.checkpoints import key_id, load_or_create_signing_key, public_path, public_pem, retired_public_path
 
     settings = current_settings()
     key_path = settings.audit_key_path
@@ -515,7 +515,7 @@ def rotate_key_cmd() -> None:
     if checkpoint is None:
         staged.unlink(missing_ok=True)
         raise _fail("the log is empty: there is nothing to hand over yet", EXIT_FAILED)
-    retired = key_path.with_name(f"{key_path.stem}.{key_id(old_public)}.pub.pem")
+    retired = retired_public_path(key_path, key_id(old_public))
     retired.write_bytes(public_pem(old_public))
     os.replace(staged, key_path)
     public_path(key_path).write_bytes(public_pem(new_key.public_key()))

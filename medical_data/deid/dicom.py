@@ -401,8 +401,10 @@ class DicomDeidentifier:
         if number == CODE_MEANING and str(ds.get("CodingSchemeDesignator", "")).strip() not in STANDARD_CODING_SCHEMES:
             return False
         text = str(value or "")
-        if not text.strip() or self._holds_identifier(text, known):
-            return not text.strip()
+        if not text.strip():
+            return True
+        if self._holds_identifier(text, known):
+            return False
         scrubber = self._scrubber = self._scrubber or TextScrubber()
         return not scrubber.scrub(text).removed
 

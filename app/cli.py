@@ -170,6 +170,11 @@ def _register_data_commands() -> None:
     cli.command("model-info")(model.model_info)
     cli.command("convert-whisper")(model.convert_whisper)
 
+    from app.commands import train
+
+    cli.command("make-conversations")(train.make_conversations)
+    cli.command()(train.train)
+
     from app.commands.audit import audit_cli
 
     cli.add_typer(audit_cli)

@@ -77,8 +77,10 @@ def decode_audio(
     source: str | os.PathLike[str] | bytes | BinaryIO,
     *,
     limits: AudioLimits = DEFAULT_AUDIO_LIMITS,
+    sample_rate: int = SAMPLE_RATE,
 ) -> DecodedAudio:
-    """Decode any audio file FFmpeg reads to 16 kHz mono float32.
+    """Decode any audio file FFmpeg reads to mono float32 at ``sample_rate`` (16 kHz, what speech
+    recognition and the audio tokenizer take; the speech decoder's targets are at 24 kHz).
 
     Raises:
         AudioLimitError: larger than ``max_bytes``, longer than ``max_seconds`` or shorter than ``min_seconds``.
@@ -89,7 +91,7 @@ def decode_audio(
     handle.seek(0)
     if demuxer not in ALLOWED_DEMUXERS:
         raise AudioDecodeError("not a recognised audio container (wav, flac, ogg, webm, mp3, aac, m4a)")
-    max_samples = int(limits.max_seconds * SAMPLE_RATE)
+    max_samples = int(limits.max_seconds * sample_rate)
     chunks: list[np.ndarray] = []
     total = 0
     try:
@@ -101,7 +103,7 @@ def decode_audio(
                 declared = float(stream.duration * stream.time_base)
                 if declared > limits.max_seconds:
                     raise AudioLimitError(f"audio lasts {declared:.0f} s, over the {limits.max_seconds:.0f} s limit")
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
             source_format = container.format.name
             for frame in container.decode(stream):
                 for converted in resampler.resample(frame):
@@ -119,11 +121,11 @@ def decode_audio(
     if total > max_samples:
         raise AudioLimitError(f"audio is longer than the {limits.max_seconds:.0f} s limit")
     samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-    if len(samples) < limits.min_seconds * SAMPLE_RATE:
+    if len(samples) < limits.min_seconds * sample_rate:
         raise AudioLimitError(f"audio is shorter than {limits.min_seconds} s")
     if not np.all(np.isfinite(samples)):
         raise AudioDecodeError("decoded audio holds invalid samples")
-    return DecodedAudio(np.clip(samples, -1.0, 1.0), SAMPLE_RATE, source_format)
+    return DecodedAudio(np.clip(samples, -1.0, 1.0), sample_rate, source_format)
 
 
 def _append(chunks: list[np.ndarray], frame: av.AudioFrame) -> int:

@@ -6,6 +6,8 @@ Layout written under ``out_dir``::
     reports/STUDY.txt            the study's report notes, identifiers removed
     cache/                       MONAI PersistentDataset entries: each series as model-ready tensors
     manifest.jsonl               one line per series: UIDs, modality, files, report, cache status
+    deid_fingerprints.json       keyed fingerprints of every header identifier removed (no values;
+                                 training checks its texts against them with the site secret)
 
 Nothing under ``out_dir`` holds an input path or an original identifier. The resume state (input
 path, size and mtime to outcome; for a zip member the zip and the member's index, CRC and size) lives
@@ -29,6 +31,7 @@ from monai.transforms import Compose
 
 from medical_data.deid.batch import FileOutcome, commit_staged, deidentify_staged
 from medical_data.deid.dicom import DicomDeidentifier
+from medical_data.deid.fingerprints import FINGERPRINTS_NAME
 from medical_data.deid.text import KnownIdentifiers, TextScrubber
 from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom
 from medical_data.discovery import InputFile, Rejection, iter_input_files
@@ -173,7 +176,12 @@ def ingest_folder(
     for item, key in zip(dicom_items, keys, strict=True):
         _count_failure(summary, item, state[key])
 
-    reports = _write_reports(note_files, dicom_items, out_dir, deidentifier, scrubber, limits, summary)
+    studies = _study_identities(dicom_items, limits)
+    fingerprints = deidentifier.identifier_fingerprints()
+    for _, known in studies.values():
+        fingerprints.add(known.values)
+    fingerprints.save(out_dir / FINGERPRINTS_NAME)
+    reports = _write_reports(note_files, studies, out_dir, deidentifier, scrubber, summary)
     report("pairing notes", 1, 1)
     series = _series_from_state(state)
     summary.series = len(series)
@@ -237,11 +245,10 @@ def _series_from_state(state: dict[str, dict[str, object]]) -> dict[tuple[str, s
 
 def _write_reports(
     note_files: list[InputFile],
-    dicom_items: list[InputFile],
+    studies: dict[str, tuple[str, KnownIdentifiers]],
     out_dir: Path,
     deidentifier: DicomDeidentifier,
     scrubber: TextScrubber | None,
-    limits: DicomLimits,
     summary: IngestSummary,
 ) -> dict[str, str]:
     """Pair notes to studies, remove identifiers, write ``reports/STUDY.txt``; return study -> path."""
@@ -253,7 +260,6 @@ def _write_reports(
             notes.extend(read_notes(item.path, item.display_name))
         except MedicalDataError as exc:
             summary.rejected.append(Rejection(item.display_name, exc.code, exc.reason))
-    studies = _study_identities(dicom_items, limits)
     pairing = pair_notes(notes, [StudyKey(uid, accession) for uid, (accession, _) in studies.items()])
     summary.notes_unpaired = len(pairing.unpaired)
     for note, reason in pairing.ambiguous:

@@ -282,6 +282,8 @@ class OmniForConditionalGeneration(nn.Module):
         speech_codes: torch.Tensor | None = None,
         speech_lengths: Sequence[int] | torch.Tensor | None = None,
         speech_mel: Sequence[torch.Tensor] | None = None,
+        speech_audio_mel: Sequence[torch.Tensor] | None = None,
+        segment_ids: torch.Tensor | None = None,
         losses: Collection[str] | None = None,
         return_logits: bool = False,
     ) -> OmniOutput:
@@ -297,12 +299,19 @@ class OmniForConditionalGeneration(nn.Module):
                 audio head's targets and the speech decoder's input.
             speech_lengths: frames of each speech span (found from ``input_ids`` when not given).
             speech_mel: one (mel frames, speech mel_bins) target per speech span, for the flow loss.
+            speech_audio_mel: instead of ``speech_codes``, the speech spans as log-mel (num_mel_bins,
+                frames) each: the audio tokenizer gives their codes (without gradient).
+            segment_ids: (B, S) packed conversations (``processing_omni.pack``): tokens attend only
+                within their segment and positions restart at each; 0 is padding.
             losses: the losses to compute (``LOSS_NAMES``); None computes each whose inputs are given.
             return_logits: also return the text logits (B, S, V); inference without labels always does.
 
         Returns:
             OmniOutput: ``losses`` by name, ``loss`` their sum weighted by ``config.loss_weights``.
         """
+        if speech_codes is None and speech_audio_mel:
+            with torch.no_grad():
+                speech_codes = self._tokenize(speech_audio_mel, reconstruct=False)[0]
         wanted = self._wanted_losses(losses, input_ids is not None, labels, audio_mel, speech_codes, speech_mel)
         computed: dict[str, torch.Tensor] = {}
         if audio_mel is not None and audio_codes is None:
@@ -321,6 +330,7 @@ class OmniForConditionalGeneration(nn.Module):
                 image_grid_thw=image_grid_thw,
                 audio_codes=audio_codes,
                 speech_codes=speech_codes,
+                segment_ids=segment_ids,
             )
             if "text" in wanted:
                 computed["text"] = self._text_loss(hidden, labels)  # type: ignore[arg-type]
@@ -367,12 +377,19 @@ class OmniForConditionalGeneration(nn.Module):
         return wanted
 
     def _llm_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **inputs: object
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        segment_ids: torch.Tensor | None = None,
+        **inputs: object,
     ) -> torch.Tensor:
-        """The backbone's last hidden states (B, S, H); positions follow the attention mask (left padding)."""
+        """The backbone's last hidden states (B, S, H); positions follow the attention mask (left
+        padding), or restart at each packed segment."""
         embeds = self.embed(input_ids, **inputs)  # type: ignore[arg-type]
         position_ids = None
-        if attention_mask is not None:
+        if segment_ids is not None:
+            attention_mask, position_ids = _segment_mask(segment_ids.to(embeds.device), embeds.dtype)
+        elif attention_mask is not None:
             attention_mask = attention_mask.to(embeds.device)
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         base = self.llm.get_decoder()
@@ -695,6 +712,22 @@ class OmniForConditionalGeneration(nn.Module):
             _load_part(model, part, _folder_tensors(folder, device, prefixes), what, device, dtype)  # type: ignore[arg-type]
         model._finish_loading(device, dtype or torch.float32, set())
         return model
+
+
+def _segment_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (B, 1, S, S) additive mask (causal, within a segment) and positions that restart per segment."""
+    length = segment_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    allowed = causal & same & (segment_ids[:, :, None] > 0)
+    allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device)  # padding sees itself: no NaN
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+    mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    index = torch.arange(length, device=segment_ids.device).expand_as(segment_ids)
+    start_of_segment = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    return mask, index - start_of_segment
 
 
 def speech_span_lengths(input_ids: torch.Tensor, frame_id: int) -> list[int]:

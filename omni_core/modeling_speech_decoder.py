@@ -5,7 +5,8 @@
 - ``FlowMatchingDecoder``: conditional flow matching (Matcha-TTS style): a transformer prenet turns
   code embeddings into mel-rate conditions, a transformer estimator predicts the velocity field,
   Euler steps with classifier-free guidance integrate noise into mel.
-- The vocoder is transformers' ``SpeechT5HifiGan`` (mel -> waveform).
+- The vocoder is transformers' ``SpeechT5HifiGan`` (mel -> waveform); ``speech_log_mel`` is the
+  front end both the flow targets and the vocoder's training input come from.
 None of the first two exists in a library in this form: they are written here, small and plain, on
 the rotary transformer of ``modeling_layers``.
 """
@@ -22,6 +23,45 @@ from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
 from omni_core.configuration_omni import AudioConfig, SpeechConfig
 from omni_core.modeling_layers import Transformer, frame_mask
+
+
+def speech_log_mel(samples: torch.Tensor, speech: SpeechConfig) -> torch.Tensor:
+    """HiFi-GAN's front end at the speech decoder's rate: (samples,) mono audio at
+    ``speech.sampling_rate`` -> (samples // hop_length, mel_bins) natural-log mel.
+
+    FFT and window 4 x hop (1920 at 24 kHz, as CosyVoice's decoder), Slaney mel up to half the
+    sampling rate, reflect padding of (n_fft - hop) / 2 on each side and no centring, so that
+    there is exactly one mel frame per hop of audio.
+    """
+    from transformers.audio_utils import mel_filter_bank
+
+    hop = speech.hop_length
+    n_fft = 4 * hop
+    samples = samples.float().reshape(1, 1, -1)
+    usable = samples.shape[-1] // hop * hop
+    if usable == 0:
+        raise ValueError(f"speech needs at least {hop} samples")
+    padding = (n_fft - hop) // 2
+    padded = F.pad(samples[..., :usable], (padding, padding), mode="reflect")[0, 0]
+    spectrum = torch.stft(
+        padded,
+        n_fft,
+        hop_length=hop,
+        window=torch.hann_window(n_fft, device=padded.device),
+        center=False,
+        return_complex=True,
+    ).abs()  # (n_fft // 2 + 1, frames)
+    filters = mel_filter_bank(
+        num_frequency_bins=n_fft // 2 + 1,
+        num_mel_filters=speech.mel_bins,
+        min_frequency=0.0,
+        max_frequency=speech.sampling_rate / 2,
+        sampling_rate=speech.sampling_rate,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+    mel = torch.from_numpy(filters).to(spectrum).T @ spectrum  # (mel_bins, frames)
+    return torch.log(mel.clamp_min(1e-5)).T[: usable // hop]
 
 
 class AudioHead(nn.Module):

@@ -71,6 +71,17 @@ class SpeechTarget:
     """(frames, speech mel_bins) target mel at the speech decoder's rate."""
 
 
+@dataclass
+class SpeechAudio:
+    """An answer's speech as audio, for training: the model's own audio tokenizer turns it into the
+    audio head's target codes inside ``forward`` (so the codes always match the tokenizer)."""
+
+    samples: np.ndarray
+    """16 kHz mono float32 (the audio tokenizer's input)."""
+    mel: torch.Tensor | None = None
+    """(frames, speech mel_bins) flow target (``speech_log_mel`` of the audio at the decoder's rate)."""
+
+
 ROLES = ("system", "user", "assistant")
 
 
@@ -98,6 +109,10 @@ class ModelInputs:
     speech_lengths: list[int] = field(default_factory=list)
     speech_mel: list[torch.Tensor] = field(default_factory=list)
     """One target per speech span, or empty when no span has one."""
+    speech_audio_mel: list[torch.Tensor] = field(default_factory=list)
+    """Log-mel (num_mel_bins, frames) of each speech span given as audio (``SpeechAudio``), in order."""
+    segment_ids: torch.Tensor | None = None
+    """(B, S) with packed conversations: 1, 2, ... per conversation in a row, 0 for padding."""
 
     def model_kwargs(self) -> dict[str, Any]:
         """The inputs generation needs beside ``input_ids``."""
@@ -116,7 +131,14 @@ class ModelInputs:
             "speech_codes": self.speech_codes,
             "speech_lengths": self.speech_lengths or None,
             "speech_mel": self.speech_mel or None,
+            "speech_audio_mel": self.speech_audio_mel or None,
+            "segment_ids": self.segment_ids,
         }
+
+    @property
+    def tokens(self) -> int:
+        """Real (not padding) tokens."""
+        return int(self.attention_mask.sum())
 
 
 @dataclass(frozen=True)
@@ -251,7 +273,15 @@ class OmniProcessor:
         """
         ids: list[int] = []
         labels: list[int] = []
-        collected: dict[str, list[Any]] = {"patches": [], "grids": [], "mels": [], "speech": [], "speech_mel": []}
+        collected: dict[str, list[Any]] = {
+            "patches": [],
+            "grids": [],
+            "mels": [],
+            "speech": [],
+            "speech_mel": [],
+            "speech_audio": [],
+            "speech_lengths": [],
+        }
         newline = self.encode_text("\n")
         for message in messages:
             trained = message.role == "assistant"
@@ -278,6 +308,8 @@ class OmniProcessor:
         speech_mel = collected["speech_mel"]
         if any(mel is None for mel in speech_mel):
             speech_mel = []  # a flow target for some spans only is no target
+        if collected["speech"] and collected["speech_audio"]:
+            raise ValueError("a conversation gives speech as codes or as audio, not both")
         tensor = torch.tensor([ids])
         return ModelInputs(
             input_ids=tensor,
@@ -287,8 +319,9 @@ class OmniProcessor:
             image_grid_thw=torch.tensor(collected["grids"]) if collected["grids"] else None,
             audio_mel=collected["mels"],
             speech_codes=torch.cat(collected["speech"]) if collected["speech"] else None,
-            speech_lengths=[codes.shape[0] for codes in collected["speech"]],
+            speech_lengths=collected["speech_lengths"],
             speech_mel=speech_mel,
+            speech_audio_mel=collected["speech_audio"],
         )
 
     def _part(self, part: Part, collected: dict[str, list[Any]]) -> list[int]:
@@ -304,28 +337,39 @@ class OmniProcessor:
             opening, closing = ("video_start", "video_end") if grid[0] > 1 else ("image_start", "image_end")
             return self.encode_text(image_facts(part.value)) + [ids[opening]] + [pad] * tokens + [ids[closing]]
         if part.kind == "audio":
-            samples = np.asarray(part.value, dtype=np.float32)
-            limit = self.config.audio.max_audio_seconds
-            if len(samples) > limit * self.config.audio.sampling_rate:
-                raise ValueError(f"an audio part is longer than {limit} s, the audio tokenizer's window: split it")
-            if samples.ndim != 1 or len(samples) < self.config.audio.n_fft:
-                shortest = 1000 * self.config.audio.n_fft / self.config.audio.sampling_rate
-                raise ValueError(f"an audio part must be mono and at least {shortest:.0f} ms long: record it again")
-            if not np.all(np.isfinite(samples)):
-                raise ValueError("an audio part holds invalid samples (NaN or infinity)")
-            mel = torch.from_numpy(log_mel(samples, self.config.audio))
+            mel = torch.from_numpy(log_mel(self._checked_samples(part.value), self.config.audio))
             collected["mels"].append(mel)
             tokens = tokens_for_frames(mel.shape[-1], self.config.audio)
             return [ids["audio_start"]] + [ids["audio_pad"]] * tokens + [ids["audio_end"]]
+        if part.kind == "speech" and isinstance(part.value, SpeechAudio):
+            mel = torch.from_numpy(log_mel(self._checked_samples(part.value.samples), self.config.audio))
+            frames = tokens_for_frames(mel.shape[-1], self.config.audio)
+            collected["speech_audio"].append(mel)
+            collected["speech_lengths"].append(frames)
+            collected["speech_mel"].append(None if part.value.mel is None else torch.as_tensor(part.value.mel).float())
+            return [ids["audiogen_start"]] + [ids["audiogen_pad"]] * frames + [ids["audiogen_end"]]
         if part.kind == "speech":
             target = part.value if isinstance(part.value, SpeechTarget) else SpeechTarget(part.value)
             codes = torch.as_tensor(target.codes, dtype=torch.long)
             if codes.dim() != 2 or codes.shape[1] != self.config.audio.num_quantizers or not len(codes):
                 raise ValueError(f"speech codes must be (frames >= 1, {self.config.audio.num_quantizers})")
             collected["speech"].append(codes)
+            collected["speech_lengths"].append(codes.shape[0])
             collected["speech_mel"].append(None if target.mel is None else torch.as_tensor(target.mel).float())
             return [ids["audiogen_start"]] + [ids["audiogen_pad"]] * codes.shape[0] + [ids["audiogen_end"]]
         raise ValueError(f"unknown part kind {part.kind!r}")
+
+    def _checked_samples(self, value: Any) -> np.ndarray:
+        samples = np.asarray(value, dtype=np.float32)
+        limit = self.config.audio.max_audio_seconds
+        if len(samples) > limit * self.config.audio.sampling_rate:
+            raise ValueError(f"an audio part is longer than {limit} s, the audio tokenizer's window: split it")
+        if samples.ndim != 1 or len(samples) < self.config.audio.n_fft:
+            shortest = 1000 * self.config.audio.n_fft / self.config.audio.sampling_rate
+            raise ValueError(f"an audio part must be mono and at least {shortest:.0f} ms long: record it again")
+        if not np.all(np.isfinite(samples)):
+            raise ValueError("an audio part holds invalid samples (NaN or infinity)")
+        return samples
 
     # -- answers ----------------------------------------------------------------------------------
     def decoding_options(
@@ -442,21 +486,70 @@ class OmniCollator:
             fill = torch.full((tensor.shape[0], longest - tensor.shape[1]), value, dtype=tensor.dtype)
             return torch.cat([tensor, fill] if self.padding_side == "right" else [fill, tensor], dim=1)
 
-        def concatenated(name: str) -> torch.Tensor | None:
-            tensors = [getattr(item, name) for item in batch if getattr(item, name) is not None]
-            return torch.cat(tensors) if tensors else None
-
-        with_speech = [item for item in batch if item.speech_lengths]
+        packed = any(item.segment_ids is not None for item in batch)
         return ModelInputs(
             input_ids=torch.cat([pad(item.input_ids, self.pad_token_id) for item in batch]),
             attention_mask=torch.cat([pad(item.attention_mask, 0) for item in batch]),
             labels=torch.cat([pad(item.labels, IGNORE) for item in batch]),
-            pixel_patches=concatenated("pixel_patches"),
-            image_grid_thw=concatenated("image_grid_thw"),
-            audio_mel=[mel for item in batch for mel in item.audio_mel],
-            speech_codes=concatenated("speech_codes"),
-            speech_lengths=[n for item in batch for n in item.speech_lengths],
-            speech_mel=[mel for item in with_speech for mel in item.speech_mel]
-            if all(item.speech_mel for item in with_speech)
-            else [],
+            segment_ids=torch.cat([pad(_segments(item), 0) for item in batch]) if packed else None,
+            **_media(batch),
         )
+
+
+def _media(items: Sequence[ModelInputs]) -> dict[str, Any]:
+    """The media of several conversations, concatenated in their order (the order placeholders fill)."""
+
+    def concatenated(name: str) -> torch.Tensor | None:
+        tensors = [getattr(item, name) for item in items if getattr(item, name) is not None]
+        return torch.cat(tensors) if tensors else None
+
+    with_speech = [item for item in items if item.speech_lengths]
+    return {
+        "pixel_patches": concatenated("pixel_patches"),
+        "image_grid_thw": concatenated("image_grid_thw"),
+        "audio_mel": [mel for item in items for mel in item.audio_mel],
+        "speech_codes": concatenated("speech_codes"),
+        "speech_lengths": [n for item in items for n in item.speech_lengths],
+        "speech_mel": [mel for item in with_speech for mel in item.speech_mel]
+        if all(item.speech_mel for item in with_speech)
+        else [],
+        "speech_audio_mel": [mel for item in items for mel in item.speech_audio_mel],
+    }
+
+
+def _segments(item: ModelInputs) -> torch.Tensor:
+    return item.segment_ids if item.segment_ids is not None else item.attention_mask.long()
+
+
+def pack(items: Sequence[ModelInputs], max_tokens: int) -> list[ModelInputs]:
+    """Sequence packing: conversations (B = 1 each, in order) concatenated into rows of at most
+    ``max_tokens``, first fit, each marked by its own segment id, so that the model attends within a
+    conversation only and restarts positions at each (no padding is spent between them).
+
+    Media stay in conversation order within a row, which is the order the model fills placeholders in.
+    """
+    rows: list[list[ModelInputs]] = []
+    room: list[int] = []
+    for item in items:
+        if item.input_ids.shape[0] != 1:
+            raise ValueError("pack takes single conversations (B = 1)")
+        length = item.input_ids.shape[1]
+        if length > max_tokens:
+            raise ValueError(f"a conversation of {length} tokens does not fit a packed row of {max_tokens}")
+        index = next((i for i, free in enumerate(room) if length <= free), None)
+        if index is None:
+            rows.append([])
+            room.append(max_tokens)
+            index = len(rows) - 1
+        rows[index].append(item)
+        room[index] -= length
+    return [
+        ModelInputs(
+            input_ids=torch.cat([item.input_ids for item in row], dim=1),
+            attention_mask=torch.cat([item.attention_mask for item in row], dim=1),
+            labels=torch.cat([item.labels for item in row], dim=1),
+            segment_ids=torch.cat([torch.full_like(item.input_ids, n) for n, item in enumerate(row, 1)], dim=1),
+            **_media(row),
+        )
+        for row in rows
+    ]

@@ -33,6 +33,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID_dictionary
 
 from medical_data.deid.burned_in import PixelTextError, PixelTextRedactor, RedactionResult
+from medical_data.deid.fingerprints import IdentifierFingerprints
 from medical_data.deid.profile import (
     BASIC_PROFILE_CODE,
     CLEAN_PIXEL_DATA_CODE,
@@ -213,6 +214,10 @@ class DicomDeidentifier:
     # -- keyed identities ------------------------------------------------------------------------
     def _digest(self, purpose: str, value: str) -> bytes:
         return hmac.new(self._secret, f"{purpose}\0{value}".encode(), hashlib.sha256).digest()
+
+    def identifier_fingerprints(self) -> IdentifierFingerprints:
+        """An empty fingerprint set keyed by this site's secret (``deid.fingerprints``)."""
+        return IdentifierFingerprints.for_site(self._secret)
 
     def remap_uid(self, uid: str) -> str:
         """The consistent replacement for ``uid`` (well-known DICOM UIDs are kept)."""

@@ -1,0 +1,157 @@
+"""``omniclinic make-conversations``, ``train`` and ``retrain``: the training recipes from the command line.
+
+``training`` is imported inside each command (the CLI starts fast; nothing else imports training).
+Under ``torchrun`` or ``deepspeed`` launchers the same ``omniclinic train`` runs on every rank.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.commands.errors import EXIT_FAILED, EXIT_USAGE, fail
+
+
+def _site_fingerprints(paths: list[Path]):  # type: ignore[no-untyped-def]
+    """The de-identification fingerprints found beside the data (keyed by this site's secret), or None."""
+    from app.cli import current_settings
+    from app.core.config import SettingsError
+    from medical_data.deid.fingerprints import FINGERPRINTS_NAME, IdentifierFingerprints
+    from medical_data.errors import MedicalDataError
+
+    found = [path / FINGERPRINTS_NAME for path in paths if (path / FINGERPRINTS_NAME).is_file()]
+    if not found:
+        return None
+    try:
+        secret = current_settings().resolve_deid_secret()
+    except SettingsError as exc:
+        raise fail(f"{exc} (the identifier check needs the site secret ingest used)", EXIT_USAGE) from None
+    merged = None
+    for path in found:
+        try:
+            loaded = IdentifierFingerprints.load(path, secret)
+        except MedicalDataError as exc:
+            raise fail(exc.reason, EXIT_USAGE) from None
+        if merged is None:
+            merged = loaded
+        else:
+            merged.fingerprints |= loaded.fingerprints
+            merged.longest = max(merged.longest, loaded.longest)
+    return merged
+
+
+def make_conversations(
+    dataset: Annotated[Path, typer.Argument(help="An ingested dataset (omniclinic ingest --out).", exists=True)],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="The JSON-lines file to write [default: DATASET/conversations.jsonl].")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the yes/no questions' distractors.")] = 0,
+) -> None:
+    """Turn an ingested dataset into training conversations: each report answers "Describe the
+    findings." about its study; header facts become closed questions."""
+    from training.conversations import write_conversations
+    from training.make_conversations import DatasetError, conversations_from_dataset
+
+    try:
+        conversations, counts = conversations_from_dataset(dataset, seed=seed)
+    except DatasetError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    if not conversations:
+        raise fail("the dataset yields no conversation (no cached series)", EXIT_FAILED)
+    target = out or dataset / "conversations.jsonl"
+    written = write_conversations(target, conversations)
+    typer.echo(
+        f"wrote {written} conversations to {target}: {counts.reports} reports, {counts.closed_questions} closed "
+        f"questions from {counts.series} series in {counts.studies} studies"
+    )
+    if counts.series_without_cache:
+        typer.echo(f"  {counts.series_without_cache} series were not cached by ingest and are left out")
+
+
+def _parse_data(values: list[str]) -> list[dict[str, object]]:
+    sources = []
+    for value in values:
+        path, _, weight = value.partition(":") if ":" in value and not Path(value).exists() else (value, "", "")
+        try:
+            sources.append({"path": path, "weight": float(weight) if weight else 1.0})
+        except ValueError:
+            raise fail(f"--data {value}: the weight after ':' must be a number", EXIT_USAGE) from None
+    return sources
+
+
+def train(
+    config: Annotated[Path, typer.Argument(help="A recipe YAML (training/configs/).", exists=True, dir_okay=False)],
+    deepspeed: Annotated[
+        Path | None, typer.Option("--deepspeed", help="A DeepSpeed JSON (training/configs/deepspeed/).")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", min=1, help="Optimizer steps (overrides the YAML).")
+    ] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="tiny, demo-cpu or baichuan-omni-1.5-7b.")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Run folder (overrides the YAML).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's latest checkpoint.")] = False,
+    data: Annotated[
+        list[str] | None, typer.Option("--data", help="Conversations file[:weight], repeatable (replaces the YAML's).")
+    ] = None,
+    base: Annotated[Path | None, typer.Option("--base", help="Start from this model folder.")] = None,
+    local_rank: Annotated[int | None, typer.Option("--local_rank", "--local-rank", hidden=True)] = None,
+) -> None:
+    """Run a training recipe; writes OUTPUT/metrics.jsonl, OUTPUT/loss.png and OUTPUT/final/."""
+    import os
+
+    from training.config import ConfigError, load_deepspeed_config, load_recipe_config
+
+    if local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
+    overrides: dict[str, object] = {}
+    if max_steps is not None:
+        overrides["optim.max_steps"] = max_steps
+    if preset is not None:
+        overrides["model.preset"] = preset
+    if output_dir is not None:
+        overrides["run.output_dir"] = str(output_dir)
+    if data:
+        overrides["data.train"] = _parse_data(data)
+    if base is not None:
+        overrides["model.base"] = str(base)
+    try:
+        cfg = load_recipe_config(config, overrides)
+        ds_path = str(deepspeed) if deepspeed is not None else cfg.deepspeed
+        ds_config = load_deepspeed_config(ds_path) if ds_path else None
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    final = _run_recipe(cfg, ds_config, resume)
+    if final is not None:
+        typer.echo(f"metrics: {Path(cfg.run.output_dir) / 'metrics.jsonl'}")
+        typer.echo(f"loss curve: {Path(cfg.run.output_dir) / 'loss.png'}")
+        typer.echo(f"model: {final}")
+
+
+def _run_recipe(cfg, ds_config, resume):  # type: ignore[no-untyped-def]
+    """Run the recipe ``cfg.recipe`` names; user-fixable failures become one line."""
+    from training.conversations import ConversationFormatError
+    from training.runtime import TrainingDiverged
+
+    try:
+        if cfg.recipe == "omni":
+            from training.recipes.omni import recipe_main
+
+            folders = [Path(s.path).parent for s in cfg.data.train]
+            if cfg.data.identifier_fingerprints:
+                folders.append(Path(cfg.data.identifier_fingerprints).parent)
+            return recipe_main(cfg, deepspeed_config=ds_config, resume=resume, fingerprints=_site_fingerprints(folders))
+        if cfg.recipe == "vocoder":
+            from training.recipes.vocoder import recipe_main as vocoder_main
+
+            return vocoder_main(cfg, resume=resume)
+        from training.recipes.asr import recipe_main as asr_main
+
+        return asr_main(cfg)
+    except ConversationFormatError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    except TrainingDiverged as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
+    except (ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc), EXIT_FAILED) from None

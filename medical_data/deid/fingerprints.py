@@ -1,0 +1,97 @@
+"""Keyed fingerprints of the identifiers removed from a dataset, to check text against them later.
+
+``ingest`` collects each study's header identifiers (names and their parts, IDs, accession numbers,
+institution, dates in their usual spellings) and writes only their fingerprints, HMAC-SHA256 under
+the site secret, to ``deid_fingerprints.json`` in the dataset: no value is stored, and without the
+secret no one can test a guessed name against the file. Training's cleaning pass (and anyone holding
+the secret) fingerprints every word n-gram of a text the same way and drops texts that match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medical_data.errors import MedicalDataError
+from medical_data.files import write_text_atomically
+
+FINGERPRINTS_NAME = "deid_fingerprints.json"
+MAX_WORDS = 6
+"""Identifiers longer than this many words are fingerprinted by their first six."""
+_WORD = re.compile(r"[^\W_]+")
+_CHECK = "omniclinic identifier fingerprints"
+
+
+class FingerprintKeyMismatch(MedicalDataError):
+    code = "fingerprint_key"
+
+
+def words(text: str) -> list[str]:
+    """The normalised words of a text: case-folded runs of letters and digits."""
+    return _WORD.findall(text.casefold())
+
+
+@dataclass
+class IdentifierFingerprints:
+    """A set of keyed identifier fingerprints; ``key`` is derived from the site secret."""
+
+    key: bytes = field(repr=False)
+    fingerprints: set[str] = field(default_factory=set, repr=False)
+    longest: int = 1
+    """Words in the longest fingerprinted identifier (how long the n-grams checked must be)."""
+
+    @classmethod
+    def for_site(cls, site_secret: bytes) -> IdentifierFingerprints:
+        return cls(hmac.new(site_secret, b"identifier-fingerprints", hashlib.sha256).digest())
+
+    def _fingerprint(self, normalised: str) -> str:
+        return hmac.new(self.key, normalised.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def add(self, values: Iterable[str]) -> None:
+        for value in values:
+            tokens = words(value)[:MAX_WORDS]
+            if tokens and len("".join(tokens)) >= 3:
+                self.fingerprints.add(self._fingerprint(" ".join(tokens)))
+                self.longest = max(self.longest, len(tokens))
+
+    def matches(self, text: str) -> int:
+        """How many word n-grams of ``text`` are fingerprinted identifiers."""
+        tokens = words(text)
+        found = 0
+        for size in range(1, min(self.longest, len(tokens)) + 1):
+            for start in range(len(tokens) - size + 1):
+                found += self._fingerprint(" ".join(tokens[start : start + size])) in self.fingerprints
+        return found
+
+    def save(self, path: Path) -> None:
+        record = {
+            "format": 1,
+            "algorithm": "hmac-sha256/128 of case-folded word n-grams",
+            "key_check": self._fingerprint(_CHECK),
+            "longest": self.longest,
+            "fingerprints": sorted(self.fingerprints),
+        }
+        write_text_atomically(path, json.dumps(record) + "\n")
+
+    @classmethod
+    def load(cls, path: Path, site_secret: bytes) -> IdentifierFingerprints:
+        """Read a fingerprint file made under ``site_secret``.
+
+        Raises:
+            FingerprintKeyMismatch: it was made with another site secret (its fingerprints would never match).
+            MedicalDataError: unreadable or malformed.
+        """
+        empty = cls.for_site(site_secret)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            fingerprints, check, longest = set(record["fingerprints"]), record["key_check"], int(record["longest"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise MedicalDataError(f"{path.name} is not a readable fingerprint file") from None
+        if check != empty._fingerprint(_CHECK):
+            raise FingerprintKeyMismatch(f"{path.name} was made with another site secret: set the one ingest used")
+        return cls(empty.key, fingerprints, longest)

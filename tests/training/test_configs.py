@@ -16,7 +16,15 @@ from training.config import (
     recipe_configs,
 )
 
-PAPER_STAGES = {"1.1-image-text", "1.2-image-text", "2.1-audio", "2.2-image-audio", "3-omni", "4.1-omni-sft", "4.2-speech-sft"}
+PAPER_STAGES = {
+    "1.1-image-text",
+    "1.2-image-text",
+    "2.1-audio",
+    "2.2-image-audio",
+    "3-omni",
+    "4.1-omni-sft",
+    "4.2-speech-sft",
+}
 
 
 def test_every_shipped_yaml_loads_and_says_what_trains() -> None:

@@ -48,9 +48,33 @@ def test_a_written_file_loads_back_the_same(tmp_path: Path) -> None:
         ({"messages": [{"role": "doctor", "content": "x"}, {"role": "assistant", "content": "y"}]}, "role 'doctor'"),
         ({"messages": [{"role": "user", "content": "only a question"}]}, "no assistant turn"),
         ({"messages": [{"role": "user", "content": [{"type": "video", "video": "a.mp4"}]}]}, "unknown part type"),
-        ({"messages": [{"role": "user", "content": [{"type": "image", "image": "missing.png"}]}, GOOD["messages"][1]]}, "does not exist"),
-        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "colour": 1}]}, GOOD["messages"][1]]}, "only 'type' and 'text'"),
-        ({"messages": [GOOD["messages"][0], {"role": "assistant", "content": [{"type": "image", "image": "a.png"}]}]}, "belongs to a user turn"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image", "image": "missing.png"}]},
+                    GOOD["messages"][1],
+                ]
+            },
+            "does not exist",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "x", "colour": 1}]},
+                    GOOD["messages"][1],
+                ]
+            },
+            "only 'type' and 'text'",
+        ),
+        (
+            {
+                "messages": [
+                    GOOD["messages"][0],
+                    {"role": "assistant", "content": [{"type": "image", "image": "a.png"}]},
+                ]
+            },
+            "belongs to a user turn",
+        ),
         ({"messages": GOOD["messages"], "patient": "x"}, "unknown keys patient"),
         ({"messages": [*GOOD["messages"], {"role": "user", "content": "and?"}]}, "last message must be the assistant"),
     ],
@@ -67,7 +91,10 @@ def _study(name: str, patient_id: str, accession: str) -> list[Dataset]:
     slices = []
     for index in range(2):
         ds = make_ct_slice(
-            position=(0, 0, 2.0 * index), instance_number=index + 1, study_uid=study, series_uid=series,
+            position=(0, 0, 2.0 * index),
+            instance_number=index + 1,
+            study_uid=study,
+            series_uid=series,
             pixels=np.full((16, 16), 1000 + 50 * index),
         )
         ds.PatientName, ds.PatientID, ds.AccessionNumber, ds.BodyPartExamined = name, patient_id, accession, "CHEST"
@@ -77,7 +104,9 @@ def _study(name: str, patient_id: str, accession: str) -> list[Dataset]:
 
 @pytest.fixture
 def ingested(tmp_path: Path, write_dicom: Callable[[Dataset, str], Path]) -> Path:
-    for folder, (name, patient_id, accession) in enumerate([("Rivera^Tomas", "H100", "ACC1"), ("Okafor^Ngozi", "H200", "ACC2")]):
+    for folder, (name, patient_id, accession) in enumerate(
+        [("Rivera^Tomas", "H100", "ACC1"), ("Okafor^Ngozi", "H200", "ACC2")]
+    ):
         for index, ds in enumerate(_study(name, patient_id, accession)):
             write_dicom(ds, f"in/{folder}/{index}.dcm")
     (tmp_path / "in" / "notes.csv").write_text(
@@ -113,10 +142,43 @@ def test_the_identifier_check_drops_text_naming_a_patient_of_the_dataset(ingeste
     assert "Rivera" not in stored and "H100" not in stored  # fingerprints, never values
     leaked = _write(
         tmp_path / "leaked.jsonl",
-        [{"id": "leak", "messages": [{"role": "user", "content": "Who is this?"}, {"role": "assistant", "content": "Tomas  RIVERA, MRN h100."}]}],
+        [
+            {
+                "id": "leak",
+                "messages": [
+                    {"role": "user", "content": "Who is this?"},
+                    {"role": "assistant", "content": "Tomas  RIVERA, MRN h100."},
+                ],
+            }
+        ],
     )
     kept, report = clean([*conversations, *load_conversations(leaked)], fingerprints=fingerprints)
     assert report.identifiers_found == 1 and report.dropped_ids == ["leak"]
     assert len(kept) == len(conversations)
     with pytest.raises(Exception, match="another site secret"):
         IdentifierFingerprints.load(ingested / FINGERPRINTS_NAME, b"another-site-secret-000000000000")
+
+
+def test_retrain_fine_tunes_on_the_dataset_and_reports_held_out_figures(ingested: Path, tmp_path: Path) -> None:
+    from training.retrain import retrain
+
+    for extra in range(3):  # more studies, so that some can be held out
+        for index, ds in enumerate(_study(f"Extra^Patient{extra}", f"X{extra}", f"ACX{extra}")):
+            ds.save_as(tmp_path / f"more{extra}_{index}.dcm", enforce_file_format=True)
+    deidentifier = DicomDeidentifier(site_secret=SECRET, redactor=None)
+    source = tmp_path / "in"
+    for path in tmp_path.glob("more*.dcm"):
+        path.rename(source / path.name)
+    ingest_folder(source, ingested, deidentifier, state_path=tmp_path / "state.jsonl", work_dir=tmp_path / "work2")
+    fingerprints = IdentifierFingerprints.load(ingested / FINGERPRINTS_NAME, SECRET)
+    result = retrain(ingested, "tiny", tmp_path / "model", max_steps=12, fingerprints=fingerprints)
+    card = (result.model_dir / "MODEL_CARD.md").read_text()
+    assert "12 optimizer steps" in card and "held out" in card
+    summary = json.loads((result.model_dir / "training.json").read_text())
+    assert summary["dataset"]["studies"] == 5 and summary["dataset"]["held_out_studies"] >= 1
+    assert result.after.loss < result.before.loss  # it learnt something that carries to unseen studies
+    assert result.before.closed_questions == result.after.closed_questions > 0
+    from omni_core import OmniForConditionalGeneration
+
+    OmniForConditionalGeneration.from_pretrained(result.model_dir)
+    assert (result.model_dir / "loss.png").is_file() and not (tmp_path / ".model.run").exists()

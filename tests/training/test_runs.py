@@ -115,8 +115,17 @@ def test_deepspeed_zero2_in_one_process_trains_as_plain_torch_does(conversations
     assert found == pytest.approx(expected, rel=1e-4)
     assert (tmp_path / "zero2" / "checkpoints" / "step-3" / "mp_rank_00_model_states.pt").is_file()
     resumed = run_cli(
-        "train", str(STAGE), *common[:2], "--max-steps", "4", "--output-dir", "zero2", "--deepspeed", str(ZERO2),
-        "--resume", cwd=tmp_path,
+        "train",
+        str(STAGE),
+        *common[:2],
+        "--max-steps",
+        "4",
+        "--output-dir",
+        "zero2",
+        "--deepspeed",
+        str(ZERO2),
+        "--resume",
+        cwd=tmp_path,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sorted(_train_losses(tmp_path / "zero2")) == [1, 2, 3, 4]
@@ -128,8 +137,19 @@ def test_deepspeed_zero3_trains_with_two_processes_over_gloo(conversations_file:
         port = probe.getsockname()[1]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     result = run_cli(
-        "train", str(STAGE), "--data", str(conversations_file), "--max-steps", "2", "--output-dir", "zero3",
-        "--deepspeed", str(ZERO3), cwd=tmp_path, launcher=torchrun, timeout=300,
+        "train",
+        str(STAGE),
+        "--data",
+        str(conversations_file),
+        "--max-steps",
+        "2",
+        "--output-dir",
+        "zero3",
+        "--deepspeed",
+        str(ZERO3),
+        cwd=tmp_path,
+        launcher=torchrun,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     records = metrics(tmp_path / "zero3")

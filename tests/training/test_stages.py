@@ -35,7 +35,9 @@ def _config(path: Path, data: Path, out: Path, **more: object):  # type: ignore[
 
 
 @pytest.mark.parametrize("config_path", OMNI_CONFIGS, ids=lambda p: p.stem)
-def test_a_stage_trains_exactly_its_trainable_parts(config_path: Path, conversations_file: Path, tmp_path: Path) -> None:
+def test_a_stage_trains_exactly_its_trainable_parts(
+    config_path: Path, conversations_file: Path, tmp_path: Path
+) -> None:
     cfg = _config(config_path, conversations_file, tmp_path / "run")
     recipe = OmniRecipe(cfg)
     recipe.setup()

@@ -177,7 +177,7 @@ def iter_conversations(path: str | os.PathLike[str], *, check_files: bool = True
     path = Path(path)
     base = path.resolve().parent
     try:
-        handle = open(path, "rb")
+        handle = open(path, "rb")  # noqa: SIM115 (closed by the with below; the open error is named first)
     except OSError as exc:
         raise ConversationFormatError(path.name, 0, f"cannot read the file ({exc.strerror})") from None
     with handle:

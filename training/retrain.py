@@ -120,8 +120,12 @@ def _figure(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _accuracy(evaluation: dict[str, Any]) -> str:
+    return f"{_figure(evaluation['closed_accuracy'], 3)} of {evaluation['closed_questions']}"
+
+
 def model_card(summary: dict[str, Any]) -> str:
-    data, ev = summary["dataset"], summary["evaluation"]
+    data, ev, trained = summary["dataset"], summary["evaluation"], summary["data"]
     before, after = ev["before"], ev["after"]
     cleaning = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data["cleaning"].items())
     lora = summary.get("lora")
@@ -134,17 +138,18 @@ Made by `omniclinic retrain` on {summary["created"]}. Not a medical device: draf
 - Dataset: `{data["name"]}` (de-identified by `omniclinic ingest`): {data["studies"]} studies, {data["series"]} series,
   {data["reports"]} reports, {data["closed_questions"]} closed questions from header facts.
 - Cleaning: {cleaning}.
-- Trained on {summary["data"]["train_conversations"]} conversations, validated on {summary["data"]["validation_conversations"]};
+- Trained on {trained["train_conversations"]} conversations, validated on {trained["validation_conversations"]};
   {data["held_out_conversations"]} conversations from {data["held_out_studies"]} studies held out, never trained on.
 
 ## Training
-- Method: {method}; losses {", ".join(summary["losses"])}; {summary["steps"]} optimizer steps on {summary["processes"]} process(es).
-- Final training loss {_figure(summary["final_train_loss"])}, validation loss {_figure(summary["final_validation_loss"])}
-  (`metrics.jsonl`, `loss.png`).
+- Method: {method}; losses {", ".join(summary["losses"])}; {summary["steps"]} optimizer steps
+  on {summary["processes"]} process(es).
+- Final training loss {_figure(summary["final_train_loss"])},
+  validation loss {_figure(summary["final_validation_loss"])} (`metrics.jsonl`, `loss.png`).
 
 ## Held-out evaluation
 | | loss | closed questions exact |
 |---|---|---|
-| before ({summary["base"]}) | {_figure(before["loss"])} | {_figure(before["closed_accuracy"], 3)} of {before["closed_questions"]} |
-| after | {_figure(after["loss"])} | {_figure(after["closed_accuracy"], 3)} of {after["closed_questions"]} |
+| before ({summary["base"]}) | {_figure(before["loss"])} | {_accuracy(before)} |
+| after | {_figure(after["loss"])} | {_accuracy(after)} |
 """

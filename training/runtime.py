@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -197,3 +198,61 @@ class MetricsLog:
         figure.savefig(temporary)
         plt.close(figure)
         os.replace(temporary, self.plot_path)
+
+
+LATEST = "latest"
+
+
+def mark_latest(root: Path, tag: str, keep: int) -> None:
+    """Point ``root/latest`` at a whole checkpoint (written last, atomically); keep the newest ``keep``."""
+    partial = root / f".{LATEST}.partial"
+    partial.write_text(tag, encoding="utf-8")
+    os.replace(partial, root / LATEST)
+    kept = sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    for old in kept[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_tag(root: Path) -> str | None:
+    pointer = root / LATEST
+    return pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+
+
+def write_checkpoint(root: Path, tag: str, filename: str, state: dict[str, Any], keep: int) -> None:
+    """A plain-torch checkpoint (rank 0 calls it): ``root/tag/filename``, then ``latest``."""
+    (root / tag).mkdir(parents=True, exist_ok=True)
+    partial = root / tag / f".{filename}.partial"
+    torch.save(state, partial)
+    os.replace(partial, root / tag / filename)
+    mark_latest(root, tag, keep)
+
+
+def read_checkpoint(root: Path, filename: str, processes: Processes) -> dict[str, Any] | None:
+    """The latest plain-torch checkpoint's state, checked to come from as many processes, or None."""
+    tag = latest_tag(root)
+    if tag is None:
+        return None
+    state = torch.load(root / tag / filename, map_location=processes.device, weights_only=False)
+    if len(state["streams"]) != processes.world_size:
+        raise ValueError(f"checkpoint {tag} was made by {len(state['streams'])} processes; resume with as many")
+    return state
+
+
+def run_position(stream: Any, processes: Processes, step: int) -> dict[str, Any]:
+    """What every checkpoint holds besides weights: the step, each rank's data position and RNG."""
+    return {
+        "step": step,
+        "streams": gather_objects(stream.state_dict(), processes),
+        "rng": gather_objects(rng_state(), processes),
+    }
+
+
+def restore_position(state: dict[str, Any], stream: Any, processes: Processes) -> int:
+    stream.load_state_dict(state["streams"][processes.rank])
+    set_rng_state(state["rng"][processes.rank])
+    return int(state["step"])
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

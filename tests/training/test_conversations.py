@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from training.conversations import ConversationFormatError, load_conversations, 
 from training.data import clean
 from training.make_conversations import FINDINGS_QUESTION, conversations_from_dataset
 
-from ..medical_data.conftest import make_ct_slice, write_dicom  # noqa: F401 (a fixture)
+from ..medical_data.conftest import make_ct_slice
 from .conftest import make_conversations
 
 SECRET = b"training-test-site-secret-000000"
@@ -103,12 +102,13 @@ def _study(name: str, patient_id: str, accession: str) -> list[Dataset]:
 
 
 @pytest.fixture
-def ingested(tmp_path: Path, write_dicom: Callable[[Dataset, str], Path]) -> Path:
+def ingested(tmp_path: Path) -> Path:
     for folder, (name, patient_id, accession) in enumerate(
         [("Rivera^Tomas", "H100", "ACC1"), ("Okafor^Ngozi", "H200", "ACC2")]
     ):
         for index, ds in enumerate(_study(name, patient_id, accession)):
-            write_dicom(ds, f"in/{folder}/{index}.dcm")
+            (tmp_path / "in" / str(folder)).mkdir(parents=True, exist_ok=True)
+            ds.save_as(tmp_path / "in" / str(folder) / f"{index}.dcm", enforce_file_format=True)
     (tmp_path / "in" / "notes.csv").write_text(
         'accession_number,text\nACC1,"Small left pleural effusion."\nACC2,"No acute findings."\n', encoding="utf-8"
     )

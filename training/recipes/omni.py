@@ -43,19 +43,23 @@ from training.models import load_for_training, save_model_folder
 from training.runtime import (
     MetricsLog,
     TrainingDiverged,
+    barrier,
     cosine_with_warmup,
     gather_objects,
+    latest_tag,
+    mark_latest,
+    read_checkpoint,
     reduce_sum,
-    rng_state,
+    restore_position,
+    run_position,
     seed_everything,
-    set_rng_state,
     start_processes,
     stop_processes,
     training_dtype,
+    write_checkpoint,
 )
 
 CHECKPOINTS = "checkpoints"
-LATEST = "latest"
 TRAINER_STATE = "trainer.pt"
 
 
@@ -317,67 +321,48 @@ class OmniRecipe:
         return loss
 
     # -- checkpoints ----------------------------------------------------------------------------------
-    def _trainer_state(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "streams": gather_objects(self.stream.state_dict(), self.processes),
-            "rng": gather_objects(rng_state(), self.processes),
-        }
-
     def save_checkpoint(self) -> Path:
         root = self.output_dir / CHECKPOINTS
         tag = f"step-{self.step}"
-        state = self._trainer_state()
+        state = run_position(self.stream, self.processes, self.step)
         if self.ds_config is not None:
             self.engine.save_checkpoint(str(root), tag=tag, client_state=state, save_latest=False)
+            barrier()
+            if self.processes.main:  # the pointer moves only once every rank's shard is written
+                mark_latest(root, tag, self.cfg.run.keep_checkpoints)
         elif self.processes.main:
-            folder = root / tag
-            folder.mkdir(parents=True, exist_ok=True)
             trained = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
             state |= {
                 "model": trained,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
             }
-            partial = folder / f".{TRAINER_STATE}.partial"
-            torch.save(state, partial)
-            os.replace(partial, folder / TRAINER_STATE)
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()
-        if self.processes.main:  # the pointer moves only once the checkpoint is whole
-            partial = root / f".{LATEST}.partial"
-            partial.write_text(tag, encoding="utf-8")
-            os.replace(partial, root / LATEST)
-            kept = sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
-            for old in kept[: -self.cfg.run.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            write_checkpoint(root, tag, TRAINER_STATE, state, self.cfg.run.keep_checkpoints)
+        barrier()
         return root / tag
 
     def _resume(self) -> int | None:
         root = self.output_dir / CHECKPOINTS
-        pointer = root / LATEST
-        if not pointer.is_file():
+        tag = latest_tag(root)
+        if tag is None:
             if self.processes.main:
                 print(f"no checkpoint in {root}: starting from step 0")
             return None
-        tag = pointer.read_text(encoding="utf-8").strip()
         if self.ds_config is not None:
             _, state = self.engine.load_checkpoint(str(root), tag=tag)
             if state is None:
                 raise ValueError(f"checkpoint {tag} could not be loaded")
+            if len(state["streams"]) != self.processes.world_size:
+                raise ValueError(f"checkpoint {tag} was made by {len(state['streams'])} processes; resume with as many")
         else:
-            state = torch.load(root / tag / TRAINER_STATE, map_location=self.processes.device, weights_only=False)
+            state = read_checkpoint(root, TRAINER_STATE, self.processes)
             trained = {n for n, p in self.model.named_parameters() if p.requires_grad}
-            if set(state["model"]) != trained:
+            if set(state["model"]) != trained:  # type: ignore[index]
                 raise ValueError(f"checkpoint {tag} trained other parameters than this config: another stage?")
-            self.model.load_state_dict(state["model"], strict=False)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        if len(state["streams"]) != self.processes.world_size:
-            raise ValueError(f"checkpoint {tag} was made by {len(state['streams'])} processes; resume with as many")
-        self.step = int(state["step"])
-        self.stream.load_state_dict(state["streams"][self.processes.rank])
-        set_rng_state(state["rng"][self.processes.rank])
+            self.model.load_state_dict(state["model"], strict=False)  # type: ignore[index]
+            self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[index]
+            self.scheduler.load_state_dict(state["scheduler"])  # type: ignore[index]
+        self.step = restore_position(state, self.stream, self.processes)  # type: ignore[arg-type]
         return self.step
 
     # -- final model --------------------------------------------------------------------------------
@@ -416,8 +401,7 @@ class OmniRecipe:
                 shutil.rmtree(staging)
             save_model_folder(model.eval(), self.tokenizer, staging, self.summary())
             os.replace(staging, final)
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()
+        barrier()
         return final if self.processes.main else None
 
     def summary(self) -> dict[str, Any]:

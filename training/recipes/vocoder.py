@@ -40,17 +40,19 @@ from training.models import load_for_training, save_model_folder
 from training.runtime import (
     MetricsLog,
     TrainingDiverged,
+    barrier,
     cosine_with_warmup,
-    gather_objects,
+    read_checkpoint,
     reduce_sum,
-    rng_state,
+    restore_position,
+    run_position,
     seed_everything,
-    set_rng_state,
     start_processes,
     stop_processes,
+    write_checkpoint,
 )
 
-CHECKPOINTS, LATEST, STATE = "checkpoints", "latest", "vocoder.pt"
+CHECKPOINTS, STATE = "checkpoints", "vocoder.pt"
 LOSSES = ("mel", "adversarial", "feature_matching", "discriminator")
 
 
@@ -90,9 +92,13 @@ class VocoderRecipe:
         o = cfg.optim
         betas = (0.8, 0.99)  # HiFi-GAN's
         schedule = cosine_with_warmup(o.warmup_steps, o.max_steps, o.min_lr_ratio)
-        self.g_optimizer = torch.optim.AdamW(self.vocoder.parameters(), lr=o.lr, betas=betas, weight_decay=o.weight_decay)
+        self.g_optimizer = torch.optim.AdamW(
+            self.vocoder.parameters(), lr=o.lr, betas=betas, weight_decay=o.weight_decay
+        )
         self.d_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=o.lr, betas=betas)
-        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, schedule) for opt in (self.g_optimizer, self.d_optimizer)]
+        self.schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(opt, schedule) for opt in (self.g_optimizer, self.d_optimizer)
+        ]
         self.generator, self.judge = self.vocoder, self.discriminator
         if processes.world_size > 1:
             ddp = torch.nn.parallel.DistributedDataParallel
@@ -185,15 +191,8 @@ class VocoderRecipe:
         self.metrics.plot(f"{cfg.stage or 'vocoder'}: generator loss")
 
     def save_checkpoint(self) -> None:
-        root = self.output_dir / CHECKPOINTS
-        tag = f"step-{self.step}"
-        state = {
-            "step": self.step,
-            "streams": gather_objects(self.stream.state_dict(), self.processes),
-            "rng": gather_objects(rng_state(), self.processes),
-        }
+        state = run_position(self.stream, self.processes, self.step)
         if self.processes.main:
-            (root / tag).mkdir(parents=True, exist_ok=True)
             state |= {
                 "vocoder": self.vocoder.state_dict(),
                 "discriminator": self.discriminator.state_dict(),
@@ -201,34 +200,21 @@ class VocoderRecipe:
                 "d_optimizer": self.d_optimizer.state_dict(),
                 "schedulers": [s.state_dict() for s in self.schedulers],
             }
-            partial = root / tag / f".{STATE}.partial"
-            torch.save(state, partial)
-            os.replace(partial, root / tag / STATE)
-            (root / f".{LATEST}.partial").write_text(tag, encoding="utf-8")
-            os.replace(root / f".{LATEST}.partial", root / LATEST)
-            kept = sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
-            for old in kept[: -self.cfg.run.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()
+            root = self.output_dir / CHECKPOINTS
+            write_checkpoint(root, f"step-{self.step}", STATE, state, self.cfg.run.keep_checkpoints)
+        barrier()
 
     def _resume(self) -> int | None:
-        root = self.output_dir / CHECKPOINTS
-        if not (root / LATEST).is_file():
+        state = read_checkpoint(self.output_dir / CHECKPOINTS, STATE, self.processes)
+        if state is None:
             return None
-        tag = (root / LATEST).read_text(encoding="utf-8").strip()
-        state = torch.load(root / tag / STATE, map_location=self.processes.device, weights_only=False)
-        if len(state["streams"]) != self.processes.world_size:
-            raise ValueError(f"checkpoint {tag} was made by {len(state['streams'])} processes; resume with as many")
         self.vocoder.load_state_dict(state["vocoder"])
         self.discriminator.load_state_dict(state["discriminator"])
         self.g_optimizer.load_state_dict(state["g_optimizer"])
         self.d_optimizer.load_state_dict(state["d_optimizer"])
         for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
             scheduler.load_state_dict(saved)
-        self.step = int(state["step"])
-        self.stream.load_state_dict(state["streams"][self.processes.rank])
-        set_rng_state(state["rng"][self.processes.rank])
+        self.step = restore_position(state, self.stream, self.processes)
         return self.step
 
     def save_final(self) -> Path | None:
@@ -247,8 +233,7 @@ class VocoderRecipe:
             save_model_folder(self.model.eval(), self.tokenizer, staging, record)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(staging, final)
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()
+        barrier()
         return final if self.processes.main else None
 
     def cleanup(self) -> None:

@@ -187,11 +187,8 @@ class AsrConfig:
 
     whisper: str = "tiny.en"
     """tiny.en, base, a CTranslate2 Whisper folder (converted first) or a transformers Whisper folder."""
-    export_ct2: bool = True
-    """Also write ``final/ct2``: the CTranslate2 folder faster-whisper serves (``OMNICLINIC_ASR_MODEL``)."""
     freeze_encoder: bool = True
     """Train the decoder only (dictation adaptation is mostly vocabulary)."""
-    language: str = "en"
 
 
 @dataclass

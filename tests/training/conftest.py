@@ -83,3 +83,39 @@ def run_cli(
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def sentences(name: str) -> list[str]:
+    """Dictated radiology sentences written for this project (no patient data)."""
+    path = REPO / "tests" / "omni_core" / "speech" / name
+    return [
+        line.strip()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+
+def make_dictations(folder: Path, texts: list[str], name: str) -> Path:
+    """Piper speaks each sentence (deterministically); one (dictation, text) conversation per sentence."""
+    from omni_core.speech.encode import wav_bytes
+    from omni_core.speech.normalize import normalize_for_speech
+    from omni_core.speech.tts import load_synthesizer
+
+    piper = load_synthesizer("piper", deterministic=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index, text in enumerate(texts):
+        audio = piper.synthesize_sentence(normalize_for_speech(text))
+        (folder / f"{name}{index}.wav").write_bytes(wav_bytes(audio, piper.sample_rate))
+        lines.append(
+            {
+                "id": f"{name}{index}",
+                "messages": [
+                    {"role": "user", "content": [{"type": "audio", "audio": f"{name}{index}.wav"}]},
+                    {"role": "assistant", "content": text},
+                ],
+            }
+        )
+    path = folder / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return path

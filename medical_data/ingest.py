@@ -6,8 +6,9 @@ Layout written under ``out_dir``::
     reports/STUDY.txt            the study's report notes, identifiers removed
     cache/                       MONAI PersistentDataset entries: each series as model-ready tensors
     manifest.jsonl               one line per series: UIDs, modality, files, report, cache status
-    deid_fingerprints.json       keyed fingerprints of every header identifier removed (no values;
-                                 training checks its texts against them with the site secret)
+    deid_fingerprints.json       keyed fingerprints of every header identifier removed, by every
+                                 source ingested into it (no values; training checks its texts
+                                 against them with the site secret)
 
 Nothing under ``out_dir`` holds an input path or an original identifier. The resume state (input
 path, size and mtime to outcome; for a zip member the zip and the member's index, CRC and size) lives
@@ -178,6 +179,8 @@ def ingest_folder(
 
     studies = _study_identities(dicom_items, limits)
     fingerprints = deidentifier.identifier_fingerprints()
+    if (out_dir / FINGERPRINTS_NAME).exists():  # earlier sources ingested into this dataset stay covered
+        fingerprints.update_from(out_dir / FINGERPRINTS_NAME)
     for _, known in studies.values():
         fingerprints.add(known.values)
     fingerprints.save(out_dir / FINGERPRINTS_NAME)

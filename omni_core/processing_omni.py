@@ -543,11 +543,21 @@ def pack(items: Sequence[ModelInputs], max_tokens: int) -> list[ModelInputs]:
             index = len(rows) - 1
         rows[index].append(item)
         room[index] -= length
+
+    def labels(row: list[ModelInputs]) -> torch.Tensor:
+        joined = []
+        for index, item in enumerate(row):
+            own = item.labels.clone()
+            if index:
+                own[:, 0] = IGNORE  # never learnt from the previous conversation's last token
+            joined.append(own)
+        return torch.cat(joined, dim=1)
+
     return [
         ModelInputs(
             input_ids=torch.cat([item.input_ids for item in row], dim=1),
             attention_mask=torch.cat([item.attention_mask for item in row], dim=1),
-            labels=torch.cat([item.labels for item in row], dim=1),
+            labels=labels(row),
             segment_ids=torch.cat([torch.full_like(item.input_ids, n) for n, item in enumerate(row, 1)], dim=1),
             **_media(row),
         )

@@ -168,6 +168,10 @@ class RunConfig:
     keep_checkpoints: int = 2
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.log_every < 1 or self.keep_checkpoints < 1 or self.eval_every < 0 or self.save_every < 0:
+            raise ValueError("log_every and keep_checkpoints must be >= 1, eval_every and save_every >= 0")
+
 
 @dataclass
 class VocoderConfig:
@@ -321,14 +325,22 @@ def load_recipe_config(path: str | os.PathLike[str], overrides: dict[str, Any] |
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path.name}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name}: not YAML ({type(exc).__name__})") from None
     raw = raw if raw is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path.name}: a recipe config is a mapping of keys, not a {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, last = dotted.split(".")
         for key in parents:
-            node = node.setdefault(key, {})
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+            if not isinstance(node, dict):
+                raise ConfigError(f"{path.name}: {key} must be a mapping to set {dotted}")
         node[last] = value
     try:
         config = build(RecipeConfig, raw)
@@ -391,6 +403,8 @@ def load_deepspeed_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path.name}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path.name}: not JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(config, dict):

@@ -126,10 +126,11 @@ def _part(raw: object, role: str, base: Path, check_files: bool) -> ContentPart:
     path = Path(value).expanduser()
     path = Path(os.path.normpath(path if path.is_absolute() else base / path))
     if check_files:
+        # the path itself is not repeated: a hospital's folder names may hold identifiers
         if kind == "series" and not path.is_dir():
-            raise ValueError(f"series folder {value} does not exist")
+            raise ValueError("its series folder does not exist")
         if kind != "series" and not path.is_file():
-            raise ValueError(f"{kind} file {value} does not exist")
+            raise ValueError(f"its {kind} file does not exist")
     return ContentPart(kind, str(path))
 
 

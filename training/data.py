@@ -28,10 +28,13 @@ import numpy as np
 import torch
 
 from medical_data.deid.fingerprints import IdentifierFingerprints
+from medical_data.errors import MedicalDataError
 from omni_core.configuration_omni import OmniConfig
 from omni_core.processing_omni import Message, ModelInputs, Part, SpeechAudio
 from training.conversations import Conversation
 
+UNUSABLE = (ValueError, OSError, MedicalDataError)
+"""What reading a conversation's media may raise for one bad file: the item is skipped and counted."""
 SHINGLE = 3
 PERMUTATIONS = 64
 BANDS = 16
@@ -310,21 +313,21 @@ def next_batch(
         conversation = stream.next()
         try:
             item = prepare(conversation)
-        except (ValueError, OSError) as exc:
+        except UNUSABLE as exc:
             skipped[type(exc).__name__] += 1
             item = None
         if item is not None and item.input_ids.shape[1] > max_tokens:
             skipped["longer_than_max_tokens"] += 1
             item = None
         if sum(skipped.values()) > max_skips:
-            raise RuntimeError(f"{max_skips} conversations in a row could not be used ({dict(skipped)})")
+            raise ValueError(f"{max_skips} conversations in a row could not be used ({dict(skipped)})")
         if item is None:
             continue
         if pack and items and len(pack_rows([*items, item], max_tokens)) > batch_size:
             stream.back()
             break
         items.append(item)
-        ids.append(conversation.id)
+        ids.append(conversation.source or conversation.id)
         if not pack and len(items) == batch_size:
             break
     rows = pack_rows(items, max_tokens) if pack else items

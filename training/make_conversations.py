@@ -3,8 +3,8 @@
 For each study with a report: the report is the answer to "Describe the findings." about the
 study's main series (the one with the most images). For every series: closed questions whose
 answers are header facts (modality, body part, number of images), asked open and as yes/no
-questions. Every conversation's ``group`` is its study, so a validation split never sees a study
-it trained on.
+questions. Every conversation's ``group`` is its patient (the pseudonym ingest gave), else its study, so a
+held-out split never sees a patient it trained on.
 """
 
 from __future__ import annotations
@@ -83,16 +83,20 @@ def conversations_from_dataset(dataset: Path, *, seed: int = 0) -> tuple[list[Co
         if not usable:
             continue
         main = max(usable, key=lambda e: (int(e.get("instances") or 0), e["series_uid"]))
+        group = _patient_group(dataset, main) or study_uid
         report_path = main.get("report") or next((e.get("report") for e in usable if e.get("report")), None)
-        if report_path and (dataset / report_path).is_file():
-            report = (dataset / report_path).read_text(encoding="utf-8").strip()
+        if report_path and (dataset / str(report_path)).is_file():
+            try:
+                report = (dataset / str(report_path)).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
+                raise DatasetError(f"a report of study {len(conversations)} is not readable UTF-8 text") from None
             if report:
                 folder = dataset / "dicom" / study_uid / main["series_uid"]
                 conversations.append(
                     Conversation(
                         (_user(folder, FINDINGS_QUESTION), _answer(report)),
                         id=f"{main['series_uid']}:findings",
-                        group=study_uid,
+                        group=group,
                     )
                 )
                 counts.reports += 1
@@ -104,11 +108,27 @@ def conversations_from_dataset(dataset: Path, *, seed: int = 0) -> tuple[list[Co
                     Conversation(
                         (_user(folder, question), _answer(answer)),
                         id=f"{entry['series_uid']}:q{index}",
-                        group=study_uid,
+                        group=group,
                     )
                 )
             counts.closed_questions += len(questions)
     return conversations, counts
+
+
+def _patient_group(dataset: Path, entry: dict) -> str:
+    """The study's patient as de-identified (PatientID is a keyed pseudonym after ingest): a patient's
+    earlier and later studies stay on one side of a split. Empty when the header has none."""
+    from medical_data.dicom_io import read_dicom
+    from medical_data.errors import MedicalDataError
+
+    if not entry["files"]:
+        return ""
+    try:
+        header = read_dicom(dataset / str(entry["files"][0]), stop_before_pixels=True)
+    except (MedicalDataError, OSError):
+        return ""
+    pseudonym = str(header.get("PatientID", "") or "").strip()
+    return f"patient:{pseudonym}" if pseudonym else ""
 
 
 def _closed_questions(entry: dict, modalities: list[str], rng: random.Random) -> list[tuple[str, str]]:

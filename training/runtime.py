@@ -203,13 +203,21 @@ class MetricsLog:
 LATEST = "latest"
 
 
+def refuse_reused_run(output_dir: Path, resume: bool) -> None:
+    """A run folder that holds another run is continued (``--resume``) or left alone, never mixed."""
+    if not resume and ((output_dir / "metrics.jsonl").exists() or (output_dir / "checkpoints").exists()):
+        raise ValueError(f"{output_dir} already holds a run: --resume continues it, or choose another --output-dir")
+
+
 def mark_latest(root: Path, tag: str, keep: int) -> None:
     """Point ``root/latest`` at a whole checkpoint (written last, atomically); keep the newest ``keep``."""
     partial = root / f".{LATEST}.partial"
     partial.write_text(tag, encoding="utf-8")
     os.replace(partial, root / LATEST)
-    kept = sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
-    for old in kept[:-keep]:
+    older = sorted(
+        (p for p in root.glob("step-*") if p.is_dir() and p.name != tag), key=lambda p: int(p.name.split("-")[1])
+    )
+    for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
 
 

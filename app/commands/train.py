@@ -14,15 +14,25 @@ import typer
 from app.commands.errors import EXIT_FAILED, EXIT_USAGE, fail
 
 
-def _site_fingerprints(paths: list[Path]):  # type: ignore[no-untyped-def]
-    """The de-identification fingerprints found beside the data (keyed by this site's secret), or None."""
+def _site_fingerprints(paths: list[Path], required: Path | None = None):  # type: ignore[no-untyped-def]
+    """The de-identification fingerprints found beside the data (keyed by this site's secret), or None
+    with a warning; ``required`` (``data.identifier_fingerprints``) must exist."""
     from app.cli import current_settings
     from app.core.config import SettingsError
     from medical_data.deid.fingerprints import FINGERPRINTS_NAME, IdentifierFingerprints
     from medical_data.errors import MedicalDataError
 
+    if required is not None and not required.is_file():
+        raise fail(f"data.identifier_fingerprints: {required.name} does not exist", EXIT_USAGE)
     found = [path / FINGERPRINTS_NAME for path in paths if (path / FINGERPRINTS_NAME).is_file()]
+    found += [required] if required is not None else []
     if not found:
+        typer.secho(
+            f"warning: no {FINGERPRINTS_NAME} beside the data: texts are not checked for the identifiers "
+            "ingest removed (the model card says so)",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
         return None
     try:
         secret = current_settings().resolve_deid_secret()
@@ -62,12 +72,29 @@ def make_conversations(
         raise fail("the dataset yields no conversation (no cached series)", EXIT_FAILED)
     target = out or dataset / "conversations.jsonl"
     written = write_conversations(target, conversations)
+    _fingerprints_beside(dataset, target.parent)
     typer.echo(
         f"wrote {written} conversations to {target}: {counts.reports} reports, {counts.closed_questions} closed "
         f"questions from {counts.series} series in {counts.studies} studies"
     )
     if counts.series_without_cache:
         typer.echo(f"  {counts.series_without_cache} series were not cached by ingest and are left out")
+
+
+def _fingerprints_beside(dataset: Path, folder: Path) -> None:
+    """Conversations written away from their dataset take its identifier fingerprints along (merged with
+    any already there), so that training finds them beside the data."""
+    from medical_data.deid.fingerprints import FINGERPRINTS_NAME
+
+    source, target = dataset / FINGERPRINTS_NAME, folder / FINGERPRINTS_NAME
+    if not source.is_file() or source.resolve() == target.resolve():
+        return
+    merged = _site_fingerprints([dataset])
+    if merged is None:
+        return
+    if target.is_file():
+        merged = _site_fingerprints([dataset, folder])
+    merged.save(target)
 
 
 def _parse_data(values: list[str]) -> list[dict[str, object]]:
@@ -131,6 +158,7 @@ def train(
 
 def _run_recipe(cfg, ds_config, resume):  # type: ignore[no-untyped-def]
     """Run the recipe ``cfg.recipe`` names; user-fixable failures become one line."""
+    from medical_data.errors import MedicalDataError
     from training.conversations import ConversationFormatError
     from training.runtime import TrainingDiverged
 
@@ -138,21 +166,28 @@ def _run_recipe(cfg, ds_config, resume):  # type: ignore[no-untyped-def]
         if cfg.recipe == "omni":
             from training.recipes.omni import recipe_main
 
-            folders = [Path(s.path).parent for s in cfg.data.train]
-            if cfg.data.identifier_fingerprints:
-                folders.append(Path(cfg.data.identifier_fingerprints).parent)
-            return recipe_main(cfg, deepspeed_config=ds_config, resume=resume, fingerprints=_site_fingerprints(folders))
         if cfg.recipe == "vocoder":
             from training.recipes.vocoder import recipe_main as vocoder_main
 
             return vocoder_main(cfg, resume=resume)
+        folders = [Path(s.path).parent for s in cfg.data.train]
+        if cfg.data.validation:
+            folders.append(Path(cfg.data.validation).parent)
+        required = Path(cfg.data.identifier_fingerprints) if cfg.data.identifier_fingerprints else None
+        fingerprints = _site_fingerprints(folders, required)
+        if cfg.recipe == "omni":
+            from training.recipes.omni import recipe_main
+
+            return recipe_main(cfg, deepspeed_config=ds_config, resume=resume, fingerprints=fingerprints)
         from training.recipes.asr import recipe_main as asr_main
 
-        return asr_main(cfg)
+        return asr_main(cfg, resume=resume, fingerprints=fingerprints)
     except ConversationFormatError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     except TrainingDiverged as exc:
         raise fail(str(exc), EXIT_FAILED) from None
+    except MedicalDataError as exc:
+        raise fail(exc.reason, EXIT_FAILED) from None
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None
 
@@ -172,6 +207,7 @@ def retrain(
     held_out: Annotated[float, typer.Option("--held-out", min=0.05, max=0.5, help="Share of studies held out.")] = 0.2,
 ) -> None:
     """Make conversations, fine-tune, evaluate on held-out studies, write a model folder with its model card."""
+    from medical_data.errors import MedicalDataError
     from training.config import ConfigError
     from training.make_conversations import DatasetError
     from training.retrain import DEFAULT_RECIPE
@@ -193,6 +229,8 @@ def retrain(
         )
     except (ConfigError, DatasetError) as exc:
         raise fail(str(exc), EXIT_USAGE) from None
+    except MedicalDataError as exc:
+        raise fail(exc.reason, EXIT_FAILED) from None
     except (TrainingDiverged, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     before, after = result.before, result.after

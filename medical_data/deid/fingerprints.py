@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,27 @@ class FingerprintKeyMismatch(MedicalDataError):
 
 
 def words(text: str) -> list[str]:
-    """The normalised words of a text: case-folded runs of letters and digits."""
-    return _WORD.findall(text.casefold())
+    """The normalised words of a text: compatibility forms folded (fullwidth letters), accents and
+    invisible format characters (zero-width spaces) dropped, case folded, runs of letters and digits."""
+    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text))
+    kept = "".join(ch for ch in folded if not unicodedata.combining(ch) and unicodedata.category(ch) != "Cf")
+    return _WORD.findall(kept.casefold())
+
+
+def _spellings(value: str) -> set[str]:
+    """The forms of one identifier that are fingerprinted: its words; a hyphenated name's parts (a
+    double-barrelled surname is often written in part); an ID's pieces joined ("H-100" as "h100"),
+    digits with and without leading zeros ("1234-5678", "12345678", "0012" and "12")."""
+    tokens = words(value)[:MAX_WORDS]
+    forms = {" ".join(tokens)} if tokens else set()
+    if any(t.isdigit() for t in tokens) or any(ch.isdigit() for ch in value):
+        joined = "".join(tokens)
+        forms.add(joined)
+        if joined.isdigit():
+            forms.add(joined.lstrip("0") or "0")
+    elif "-" in value and len(tokens) > 1:
+        forms |= set(tokens)
+    return {form for form in forms if len(form.replace(" ", "")) >= 3}
 
 
 @dataclass
@@ -54,18 +74,24 @@ class IdentifierFingerprints:
 
     def add(self, values: Iterable[str]) -> None:
         for value in values:
-            tokens = words(value)[:MAX_WORDS]
-            if tokens and len("".join(tokens)) >= 3:
-                self.fingerprints.add(self._fingerprint(" ".join(tokens)))
-                self.longest = max(self.longest, len(tokens))
+            for form in _spellings(value):
+                self.fingerprints.add(self._fingerprint(form))
+                self.longest = max(self.longest, form.count(" ") + 1)
 
     def matches(self, text: str) -> int:
-        """How many word n-grams of ``text`` are fingerprinted identifiers."""
+        """How many word n-grams of ``text`` are fingerprinted identifiers (n-grams also joined:
+        "1234 5678" finds "12345678", "H-100" finds "H100")."""
         tokens = words(text)
         found = 0
-        for size in range(1, min(self.longest, len(tokens)) + 1):
+        for size in range(1, min(max(self.longest, MAX_WORDS), len(tokens)) + 1):
             for start in range(len(tokens) - size + 1):
-                found += self._fingerprint(" ".join(tokens[start : start + size])) in self.fingerprints
+                gram = tokens[start : start + size]
+                forms = {" ".join(gram)} if size <= self.longest else set()
+                joined = "".join(gram)
+                forms.add(joined)
+                if joined.isdigit():
+                    forms.add(joined.lstrip("0") or "0")
+                found += any(self._fingerprint(form) in self.fingerprints for form in forms)
         return found
 
     def save(self, path: Path) -> None:
@@ -78,20 +104,26 @@ class IdentifierFingerprints:
         }
         write_text_atomically(path, json.dumps(record) + "\n")
 
-    @classmethod
-    def load(cls, path: Path, site_secret: bytes) -> IdentifierFingerprints:
-        """Read a fingerprint file made under ``site_secret``.
+    def update_from(self, path: Path) -> None:
+        """Add the fingerprints of a file made under the same site secret.
 
         Raises:
             FingerprintKeyMismatch: it was made with another site secret (its fingerprints would never match).
             MedicalDataError: unreadable or malformed.
         """
-        empty = cls.for_site(site_secret)
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
             fingerprints, check, longest = set(record["fingerprints"]), record["key_check"], int(record["longest"])
         except (OSError, ValueError, KeyError, TypeError):
             raise MedicalDataError(f"{path.name} is not a readable fingerprint file") from None
-        if check != empty._fingerprint(_CHECK):
+        if check != self._fingerprint(_CHECK):
             raise FingerprintKeyMismatch(f"{path.name} was made with another site secret: set the one ingest used")
-        return cls(empty.key, fingerprints, longest)
+        self.fingerprints |= fingerprints
+        self.longest = max(self.longest, longest)
+
+    @classmethod
+    def load(cls, path: Path, site_secret: bytes) -> IdentifierFingerprints:
+        """Read a fingerprint file made under ``site_secret`` (errors as ``update_from``)."""
+        loaded = cls.for_site(site_secret)
+        loaded.update_from(path)
+        return loaded

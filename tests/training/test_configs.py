@@ -9,6 +9,7 @@ import pytest
 
 from omni_core.modeling_omni import PARTS
 from training.config import (
+    CONFIG_DIR,
     ConfigError,
     deepspeed_configs,
     load_deepspeed_config,
@@ -60,11 +61,11 @@ def test_every_deepspeed_json_loads() -> None:
 )
 def test_a_wrong_key_or_value_is_named(override: dict, named: str) -> None:
     with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
-        load_recipe_config(recipe_configs()[0], override)
+        load_recipe_config(CONFIG_DIR / "stage1_1_image_text.yaml", override)
 
 
 def test_a_stage_that_leaves_a_part_unsaid_is_refused(tmp_path: Path) -> None:
-    text = (recipe_configs()[0]).read_text().replace("  vision: false\n", "")
+    text = (CONFIG_DIR / "stage1_1_image_text.yaml").read_text().replace("  vision: false\n", "")
     (tmp_path / "stage.yaml").write_text(text)
     with pytest.raises(ConfigError, match="missing vision"):
         load_recipe_config(tmp_path / "stage.yaml")

@@ -154,6 +154,9 @@ def test_the_identifier_check_drops_text_naming_a_patient_of_the_dataset(ingeste
     )
     kept, report = clean([*conversations, *load_conversations(leaked)], fingerprints=fingerprints)
     assert report.identifiers_found == 1 and report.dropped_ids == ["leak"]
+    disguised = ["Ｒｉｖｅｒａ was seen", "Mr Rive\u200bra", "patient Rivéra", "id H-100", "OKAFOR NGOZI"]
+    assert all(fingerprints.matches(text) for text in disguised), [fingerprints.matches(t) for t in disguised]
+    assert not fingerprints.matches("Small left pleural effusion.")
     assert len(kept) == len(conversations)
     with pytest.raises(Exception, match="another site secret"):
         IdentifierFingerprints.load(ingested / FINGERPRINTS_NAME, b"another-site-secret-000000000000")
@@ -169,13 +172,14 @@ def test_retrain_fine_tunes_on_the_dataset_and_reports_held_out_figures(ingested
     source = tmp_path / "in"
     for path in tmp_path.glob("more*.dcm"):
         path.rename(source / path.name)
-    ingest_folder(source, ingested, deidentifier, state_path=tmp_path / "state.jsonl", work_dir=tmp_path / "work2")
+    ingest_folder(source, ingested, deidentifier, state_path=tmp_path / "state2.jsonl", work_dir=tmp_path / "work2")
     fingerprints = IdentifierFingerprints.load(ingested / FINGERPRINTS_NAME, SECRET)
+    assert fingerprints.matches("Tomas Rivera") and fingerprints.matches("Extra Patient2")  # both ingests covered
     result = retrain(ingested, "tiny", tmp_path / "model", max_steps=12, fingerprints=fingerprints)
     card = (result.model_dir / "MODEL_CARD.md").read_text()
     assert "12 optimizer steps" in card and "held out" in card
     summary = json.loads((result.model_dir / "training.json").read_text())
-    assert summary["dataset"]["studies"] == 5 and summary["dataset"]["held_out_studies"] >= 1
+    assert summary["dataset"]["studies"] == 5 and summary["dataset"]["held_out_groups"] >= 1
     assert result.after.loss < result.before.loss  # it learnt something that carries to unseen studies
     assert result.before.closed_questions == result.after.closed_questions > 0
     from omni_core import OmniForConditionalGeneration

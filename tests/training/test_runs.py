@@ -82,7 +82,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_the_batch(
     monkeypatch.setattr(OmniForConditionalGeneration, "forward", poisoned)
     recipe = OmniRecipe(_cfg(conversations_file, tmp_path / "run"))
     recipe.setup()
-    with pytest.raises(TrainingDiverged, match=r"step 3, micro-batch 1 \(conversations c\d+"):
+    with pytest.raises(TrainingDiverged, match=r"step 3, micro-batch 1 \(conversations omni.jsonl line \d+"):
         recipe.train()
     recipe.cleanup()
     assert not (tmp_path / "run" / "final").exists()
@@ -104,6 +104,8 @@ def test_the_train_command_writes_metrics_a_loss_curve_and_a_model_that_loads(
     assert model.config.preset == "tiny"
     bad = run_cli("train", str(STAGE), "--data", str(tmp_path / "none.jsonl"), cwd=tmp_path)
     assert bad.returncode == 2 and "none.jsonl" in bad.stderr and "Traceback" not in bad.stderr
+    again = run_cli("train", str(STAGE), "--data", str(conversations_file), "--output-dir", "run", cwd=tmp_path)
+    assert again.returncode == 1 and "already holds a run" in again.stderr  # never mixed into the old run
 
 
 def test_deepspeed_zero2_in_one_process_trains_as_plain_torch_does(conversations_file: Path, tmp_path: Path) -> None:

@@ -105,3 +105,38 @@ def test_the_vocoder_recipe_trains_the_vocoder_alone_and_its_mel_loss_falls(
     vocoder = dict(recipe.model.speech_decoder.vocoder.named_parameters())
     for name, tensor in loaded.speech_decoder.vocoder.named_parameters():
         assert torch.equal(tensor, vocoder[name].detach())
+
+
+def test_a_mixed_stage_trains_on_items_without_speech_and_unmerged_lora_leaves_a_loadable_base(
+    conversations_file: Path, tmp_path: Path
+) -> None:
+    text_only = tmp_path / "text.jsonl"
+    text_only.write_text(
+        "".join(
+            f'{{"messages": [{{"role": "user", "content": "q{i}"}}, {{"role": "assistant", "content": "a{i}"}}]}}\n'
+            for i in range(6)
+        )
+    )
+    config_path = next(p for p in OMNI_CONFIGS if p.stem == "stage3_omni")
+    cfg = _config(config_path, conversations_file, tmp_path / "mixed", **{"optim.max_steps": 6})
+    cfg.data.train.append(type(cfg.data.train[0])(str(text_only), 1.0))
+    recipe = OmniRecipe(cfg)
+    recipe.setup()
+    recipe.train()
+    recipe.cleanup()
+    train = [r for r in metrics(tmp_path / "mixed") if r["split"] == "train"]
+    assert len(train) == 6 and {"text"} <= set().union(*(r["losses"] for r in train))
+
+    lora_path = next(p for p in OMNI_CONFIGS if p.stem == "medical_lora")
+    cfg = _config(lora_path, conversations_file, tmp_path / "lora", **{"lora.merge": False, "optim.max_steps": 1})
+    recipe = OmniRecipe(cfg)
+    recipe.setup()
+    base = {n: p.detach().clone() for n, p in recipe.model.named_parameters() if "lora_" not in n}
+    recipe.train()
+    final = recipe.save_final()
+    recipe.cleanup()
+    loaded = OmniForConditionalGeneration.from_pretrained(final)  # the base weights, adapters beside
+    assert (tmp_path / "lora" / "adapter" / "adapter_model.safetensors").is_file()
+    for name, tensor in loaded.named_parameters():
+        key = name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        assert torch.equal(tensor, base.get(name, base.get(key))), name

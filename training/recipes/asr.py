@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from training.config import RecipeConfig
 from training.conversations import Conversation, load_conversations
-from training.data import ConversationStream, split_by_group
+from training.data import ConversationStream, clean, split_by_group
 from training.runtime import (
     MetricsLog,
     TrainingDiverged,
@@ -40,6 +40,7 @@ from training.runtime import (
     cosine_with_warmup,
     read_checkpoint,
     reduce_sum,
+    refuse_reused_run,
     restore_position,
     run_position,
     seed_everything,
@@ -105,10 +106,11 @@ def export_ct2(hf_folder: Path, target: Path) -> Path:
 
 
 class AsrRecipe:
-    def __init__(self, cfg: RecipeConfig, *, resume: bool = False) -> None:
+    def __init__(self, cfg: RecipeConfig, *, resume: bool = False, fingerprints: Any = None) -> None:
         self.cfg = cfg
         self.settings = cfg.asr
         self.resume = resume
+        self.fingerprints = fingerprints
         self.output_dir = Path(cfg.run.output_dir)
         self.step = 0
 
@@ -134,12 +136,13 @@ class AsrRecipe:
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
         cfg = self.cfg
+        refuse_reused_run(self.output_dir, self.resume)
         self.processes = processes = start_processes(deepspeed=False)
         seed_everything(cfg.run.seed)
         self.hf_source, self.ct2_source = self._source()
-        pairs = dictation_pairs([c for s in cfg.data.train for c in load_conversations(s.path)])
+        pairs = self._cleaned([c for s in cfg.data.train for c in load_conversations(s.path)])
         if cfg.data.validation:
-            train, held_out = pairs, dictation_pairs(load_conversations(cfg.data.validation))
+            train, held_out = pairs, self._cleaned(load_conversations(cfg.data.validation))
         else:
             train, held_out = split_by_group(pairs, cfg.data.validation_fraction, seed=cfg.data.seed)
         if not train or not held_out:
@@ -166,6 +169,20 @@ class AsrRecipe:
         start = self._resume() if self.resume else None
         self.metrics = MetricsLog(self.output_dir, enabled=processes.main, resume_from_step=start)
         self._audio: dict[str, np.ndarray] = {}
+
+    def _cleaned(self, conversations: list[Conversation]) -> list[Conversation]:
+        """Dictation pairs after the same cleaning as every recipe: duplicates, lengths, identifiers
+        (dictations name patients more often than anything else)."""
+        d = self.cfg.data
+        kept, self.cleaning = clean(
+            dictation_pairs(conversations),
+            min_answer_chars=d.min_answer_chars,
+            max_answer_chars=d.max_answer_chars,
+            deduplicate=d.deduplicate,
+            near_duplicate_threshold=d.near_duplicate_threshold,
+            fingerprints=self.fingerprints,
+        )
+        return kept
 
     def _batch(self, conversations: list[Conversation]) -> dict[str, torch.Tensor]:
         from medical_data.audio import decode_audio
@@ -282,6 +299,7 @@ class AsrRecipe:
                 "train_pairs": len(self.train_pairs),
                 "held_out_pairs": len(self.held_out),
                 "encoder_frozen": self.settings.freeze_encoder,  # type: ignore[union-attr]
+                "identifier_check": "ran" if self.fingerprints is not None else "not run (no fingerprints)",
                 "wer_before": served_wer(before_folder, self.held_out),
                 "wer_after": served_wer(staging / "ct2", self.held_out),
             }
@@ -295,8 +313,10 @@ class AsrRecipe:
         stop_processes()
 
 
-def recipe_main(cfg: RecipeConfig, *, resume: bool = False, max_steps: int | None = None) -> Path | None:
-    recipe = AsrRecipe(cfg, resume=resume)
+def recipe_main(
+    cfg: RecipeConfig, *, resume: bool = False, max_steps: int | None = None, fingerprints: Any = None
+) -> Path | None:
+    recipe = AsrRecipe(cfg, resume=resume, fingerprints=fingerprints)
     try:
         recipe.setup()
         recipe.train(max_steps)

@@ -31,6 +31,7 @@ from omni_core.processing_omni import ModelInputs, OmniCollator, OmniProcessor
 from training.config import RecipeConfig
 from training.conversations import Conversation, load_conversations
 from training.data import (
+    UNUSABLE,
     CleaningReport,
     ConversationStream,
     MediaReader,
@@ -50,6 +51,7 @@ from training.runtime import (
     mark_latest,
     read_checkpoint,
     reduce_sum,
+    refuse_reused_run,
     restore_position,
     run_position,
     seed_everything,
@@ -83,6 +85,7 @@ class OmniRecipe:
     # -- setup --------------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
+        refuse_reused_run(self.output_dir, self.resume)
         self.processes = processes = start_processes(deepspeed=self.ds_config is not None)
         seed_everything(cfg.run.seed)
         model, self.tokenizer = load_for_training(cfg.model, device=processes.device, seed=cfg.run.seed)
@@ -118,7 +121,7 @@ class OmniRecipe:
             ds["gradient_accumulation_steps"] = o.gradient_accumulation_steps
             ds["train_batch_size"] = cfg.data.batch_size * o.gradient_accumulation_steps * processes.world_size
             ds.setdefault("gradient_clipping", o.max_grad_norm)
-            ds["bf16"] = {"enabled": self.dtype == torch.bfloat16}
+            ds.setdefault("bf16", {"enabled": self.dtype == torch.bfloat16})
             ds.setdefault("zero_allow_untested_optimizer", True)
             ds.setdefault("steps_per_print", 10**9)
             self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -195,14 +198,45 @@ class OmniRecipe:
                     "speech): give this stage sources of one kind, or use ZeRO-2"
                 )
 
-    def _forward(self, inputs: dict[str, Any]) -> Any:
+    def _available_losses(self, inputs: dict[str, Any]) -> list[str]:
+        """The stage's losses this batch has inputs for (a text-only item in an omni mix has no speech)."""
+        has = {
+            "text": bool((inputs["labels"] != -100).any()),
+            "audio_head": inputs.get("speech_codes") is not None or bool(inputs.get("speech_audio_mel")),
+            "commitment": bool(inputs.get("audio_mel")),
+            "mel_reconstruction": bool(inputs.get("audio_mel")),
+            "flow": bool(inputs.get("speech_mel")),
+            "flow_prenet": bool(inputs.get("speech_mel")),
+        }
+        return [name for name in self.cfg.losses if has[name]]
+
+    def _forward(self, inputs: dict[str, Any], losses: list[str]) -> Any:
         autocast = (
             torch.autocast(self.processes.device.type, dtype=torch.bfloat16)
             if self.dtype == torch.bfloat16 and self.ds_config is None
             else nullcontext()
         )
         with autocast:
-            return self.engine(**inputs, losses=self.cfg.losses)
+            return self.engine(**inputs, losses=losses)
+
+    def _next_inputs(self, skipped: Counter[str]) -> tuple[Any, dict[str, Any], list[str]]:
+        """The next batch that has inputs for at least one of the stage's losses."""
+        cfg = self.cfg
+        for _ in range(1000):
+            batch = next_batch(
+                self.stream,
+                self.prepare,
+                batch_size=cfg.data.batch_size,
+                max_tokens=cfg.data.max_tokens,
+                pack=cfg.data.pack,
+            )
+            skipped += batch.skipped
+            inputs = self._batch_inputs(batch.rows)
+            wanted = self._available_losses(inputs)
+            if wanted:
+                return batch, inputs, wanted
+            skipped["no_inputs_for_this_stage"] += len(batch.ids)
+        raise ValueError(f"no batch has inputs for this stage's losses ({', '.join(cfg.losses)}): check the data")
 
     # -- train --------------------------------------------------------------------------------------
     def train(self, max_steps: int | None = None) -> None:
@@ -215,20 +249,14 @@ class OmniRecipe:
         self.engine.train()
         while self.step < total:
             started = time.perf_counter()
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step uses (DeepSpeed steps it inside)
             losses: Counter[str] = Counter()
+            counts: Counter[str] = Counter()
             loss_sum, tokens, skipped = 0.0, 0, Counter[str]()
             for micro in range(accumulation):
-                batch = next_batch(
-                    self.stream,
-                    self.prepare,
-                    batch_size=cfg.data.batch_size,
-                    max_tokens=cfg.data.max_tokens,
-                    pack=cfg.data.pack,
-                )
-                skipped += batch.skipped
-                inputs = self._batch_inputs(batch.rows)
+                batch, inputs, wanted = self._next_inputs(skipped)
                 self._check_same_parts(inputs)
-                output = self._forward(inputs)
+                output = self._forward(inputs, wanted)
                 loss = output.loss
                 bad = reduce_sum([0.0 if torch.isfinite(loss).item() else 1.0], processes)[0]
                 if bad:
@@ -243,18 +271,21 @@ class OmniRecipe:
                 loss_sum += loss.item()
                 for name, value in output.losses.items():
                     losses[name] += value.item()
+                    counts[name] += 1
                 tokens += int(inputs["attention_mask"].sum())
-            lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
             grad_norm = self._optimizer_step()
             self.step += 1
             progress.update(1)
-            sums = reduce_sum([loss_sum, tokens, *[losses[n] for n in cfg.losses]], processes)
+            names = cfg.losses
+            sums = reduce_sum([loss_sum, tokens, *[losses[n] for n in names], *[counts[n] for n in names]], processes)
             micro_batches = accumulation * processes.world_size
+            per_loss = dict(zip(names, sums[2 : 2 + len(names)], strict=True))
+            per_count = dict(zip(names, sums[2 + len(names) :], strict=True))
             record = {
                 "step": self.step,
                 "split": "train",
                 "loss": sums[0] / micro_batches,
-                "losses": {n: sums[2 + i] / micro_batches for i, n in enumerate(cfg.losses)},
+                "losses": {n: per_loss[n] / per_count[n] for n in names if per_count[n]},
                 "lr": lr,
                 "grad_norm": grad_norm,
                 "tokens": int(sums[1]),
@@ -299,6 +330,8 @@ class OmniRecipe:
             return self._evaluate(count)
 
     def _evaluate(self, count: int) -> float | None:
+        """Every rank runs the same number of forwards with the same kinds of media (ZeRO-3 gathers a
+        part's weights collectively): an item any rank cannot use, or whose kinds differ, is skipped by all."""
         processes = self.processes
         self.engine.eval()
         total, weight = 0.0, 0.0
@@ -307,10 +340,18 @@ class OmniRecipe:
             conversation = self.validation[index % len(self.validation)]
             real = 1.0 if index < len(self.validation) else 0.0  # wrapped-around repeats keep ranks in step
             try:
-                item = self.prepare(conversation)
-            except (ValueError, OSError):
+                inputs = self._batch_inputs([self.prepare(conversation)])
+                wanted = self._available_losses(inputs)
+                signature: tuple[bool, ...] | None = (
+                    *self._modalities(inputs),
+                    *(n in wanted for n in self.cfg.losses),
+                )
+            except UNUSABLE:
+                signature = None
+            seen = gather_objects(signature, processes)
+            if None in seen or len(set(seen)) > 1 or not wanted:
                 continue
-            output = self._forward(self._batch_inputs([item]))
+            output = self._forward(inputs, wanted)
             total += real * output.loss.item()
             weight += real
         self.engine.train()
@@ -384,7 +425,7 @@ class OmniRecipe:
         state = self._full_state_dict()
         final = self.output_dir / "final"
         if self.processes.main:
-            from omni_core.lora import add_lora, merge_lora, save_lora
+            from omni_core.lora import add_lora, merge_lora, remove_lora, save_lora
 
             model = OmniForConditionalGeneration(self.model.config)
             if self.lora_settings is not None:
@@ -394,6 +435,8 @@ class OmniRecipe:
                 save_lora(model, self.lora_settings, self.output_dir / "adapter")
                 if self.cfg.lora is None or self.cfg.lora.merge:
                     merge_lora(model)
+                else:  # final/ keeps the base weights; load_lora(model, OUTPUT/adapter) adds the adapters
+                    remove_lora(model)
             if final.exists():
                 shutil.rmtree(final)
             staging = final.with_name(".final.partial")
@@ -425,6 +468,7 @@ class OmniRecipe:
                 "train_conversations": self.train_size,
                 "validation_conversations": len(self.validation),
                 "cleaning": {k: v for k, v in self.cleaning.as_dict().items() if k != "dropped_ids"},
+                "identifier_check": "ran" if self.fingerprints is not None else "not run (no fingerprints)",
             },
             "processes": self.processes.world_size,
             "deepspeed_zero_stage": self.zero_stage if self.ds_config is not None else None,

@@ -44,6 +44,7 @@ from training.runtime import (
     cosine_with_warmup,
     read_checkpoint,
     reduce_sum,
+    refuse_reused_run,
     restore_position,
     run_position,
     seed_everything,
@@ -73,6 +74,7 @@ class VocoderRecipe:
 
     def setup(self) -> None:
         cfg = self.cfg
+        refuse_reused_run(self.output_dir, self.resume)
         self.processes = processes = start_processes(deepspeed=False)
         seed_everything(cfg.run.seed)
         self.model, self.tokenizer = load_for_training(cfg.model, device=processes.device, seed=cfg.run.seed)

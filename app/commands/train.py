@@ -89,12 +89,9 @@ def _fingerprints_beside(dataset: Path, folder: Path) -> None:
     source, target = dataset / FINGERPRINTS_NAME, folder / FINGERPRINTS_NAME
     if not source.is_file() or source.resolve() == target.resolve():
         return
-    merged = _site_fingerprints([dataset])
-    if merged is None:
-        return
-    if target.is_file():
-        merged = _site_fingerprints([dataset, folder])
-    merged.save(target)
+    merged = _site_fingerprints([dataset, folder] if target.is_file() else [dataset])
+    if merged is not None:
+        merged.save(target)
 
 
 def _parse_data(values: list[str]) -> list[dict[str, object]]:

@@ -57,6 +57,23 @@ def make_ct_slice(
     return ds
 
 
+def patient_series(name: str, patient_id: str, accession: str, slices: int = 2) -> list[Dataset]:
+    """One patient's CT series of ``slices`` slices in a new study, named and numbered as given."""
+    study, series = generate_uid(), generate_uid()
+    datasets = []
+    for index in range(slices):
+        ds = make_ct_slice(
+            position=(0, 0, 2.0 * index),
+            instance_number=index + 1,
+            study_uid=study,
+            series_uid=series,
+            pixels=np.full((16, 16), 1000 + 50 * index),
+        )
+        ds.PatientName, ds.PatientID, ds.AccessionNumber = name, patient_id, accession
+        datasets.append(ds)
+    return datasets
+
+
 @pytest.fixture
 def write_dicom(tmp_path: Path) -> Callable[[Dataset, str], Path]:
     def write(dataset: Dataset, name: str) -> Path:

@@ -8,16 +8,14 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from monai.data import MetaTensor
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from medical_data.deid import DicomDeidentifier
 from medical_data.dicom_io import read_dicom
 from medical_data.ingest import CacheSettings, cached_dataset, ingest_folder
 
-from .conftest import make_ct_slice
+from .conftest import patient_series
 
 SECRET = b"ingest-test-site-secret-00000000"
 
@@ -29,22 +27,6 @@ def _ingest(source: Path, out: Path, tmp_path: Path, **kwargs: object):  # type:
     )
 
 
-def _patient_series(name: str, patient_id: str, accession: str, slices: int = 2) -> list[Dataset]:
-    study, series = generate_uid(), generate_uid()
-    datasets = []
-    for index in range(slices):
-        ds = make_ct_slice(
-            position=(0, 0, 2.0 * index),
-            instance_number=index + 1,
-            study_uid=study,
-            series_uid=series,
-            pixels=np.full((16, 16), 1000 + 50 * index),
-        )
-        ds.PatientName, ds.PatientID, ds.AccessionNumber = name, patient_id, accession
-        datasets.append(ds)
-    return datasets
-
-
 def test_a_note_whose_accession_names_two_studies_is_rejected_not_paired_with_the_wrong_patient(
     tmp_path: Path, write_dicom: Callable[[Dataset, str], Path]
 ) -> None:
@@ -54,7 +36,7 @@ def test_a_note_whose_accession_names_two_studies_is_rejected_not_paired_with_th
     its own patient's name.
     """
     for folder, (name, patient_id) in enumerate([("Rivera^Tomas", "H100"), ("Okafor^Ngozi", "H200")]):
-        for index, ds in enumerate(_patient_series(name, patient_id, "ACC1")):
+        for index, ds in enumerate(patient_series(name, patient_id, "ACC1")):
             write_dicom(ds, f"in/{folder}/{index}.dcm")
     (tmp_path / "in" / "notes.csv").write_text(
         'accession_number,text\nACC1,"Ngozi Okafor: no acute findings."\n', encoding="utf-8"
@@ -72,7 +54,7 @@ def test_a_note_whose_accession_names_two_studies_is_rejected_not_paired_with_th
 
 
 def _hospital(tmp_path: Path, write_dicom: Callable[[Dataset, str], Path], slices: int = 6) -> Path:
-    for index, ds in enumerate(_patient_series("Rivera^Tomas", "H100", "ACC7", slices=slices)):
+    for index, ds in enumerate(patient_series("Rivera^Tomas", "H100", "ACC7", slices=slices)):
         ds.BodyPartExamined = "CHEST"
         write_dicom(ds, f"in/ct/{index}.dcm")
     return tmp_path / "in"
@@ -125,7 +107,7 @@ def test_zip_inputs_resume_and_a_rerun_reports_what_it_skipped(
 
 def test_two_workers_write_what_one_writes(tmp_path: Path, write_dicom: Callable[[Dataset, str], Path]) -> None:
     source = _hospital(tmp_path, write_dicom, slices=5)
-    copy = _patient_series("Rivera^Tomas", "H100", "ACC7", slices=1)[0]
+    copy = patient_series("Rivera^Tomas", "H100", "ACC7", slices=1)[0]
     copy.SOPInstanceUID = read_dicom(source / "ct" / "0.dcm").SOPInstanceUID  # a duplicate instance
     write_dicom(copy, "in/zz-duplicate.dcm")
     outputs = {}

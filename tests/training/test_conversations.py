@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from medical_data.deid import DicomDeidentifier
 from medical_data.deid.fingerprints import FINGERPRINTS_NAME, IdentifierFingerprints
@@ -17,7 +15,7 @@ from training.conversations import ConversationFormatError, load_conversations, 
 from training.data import clean
 from training.make_conversations import FINDINGS_QUESTION, conversations_from_dataset
 
-from ..medical_data.conftest import make_ct_slice
+from ..medical_data.conftest import patient_series
 from .conftest import make_conversations
 
 SECRET = b"training-test-site-secret-000000"
@@ -86,18 +84,9 @@ def test_a_malformed_line_is_named_with_its_reason(tmp_path: Path, bad: object, 
 
 
 def _study(name: str, patient_id: str, accession: str) -> list[Dataset]:
-    study, series = generate_uid(), generate_uid()
-    slices = []
-    for index in range(2):
-        ds = make_ct_slice(
-            position=(0, 0, 2.0 * index),
-            instance_number=index + 1,
-            study_uid=study,
-            series_uid=series,
-            pixels=np.full((16, 16), 1000 + 50 * index),
-        )
-        ds.PatientName, ds.PatientID, ds.AccessionNumber, ds.BodyPartExamined = name, patient_id, accession, "CHEST"
-        slices.append(ds)
+    slices = patient_series(name, patient_id, accession)
+    for ds in slices:
+        ds.BodyPartExamined = "CHEST"
     return slices
 
 

@@ -20,7 +20,6 @@ Plain torch (DDP under torchrun): Whisper fine-tuning fits one device for tiny t
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -30,22 +29,27 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from omni_core.model_cache import building_folder
 from training.config import RecipeConfig
 from training.conversations import Conversation, load_conversations
-from training.data import ConversationStream, clean, split_by_group
+from training.data import ConversationStream, clean_as_configured, split_by_group
 from training.runtime import (
     MetricsLog,
     TrainingDiverged,
     barrier,
     cosine_with_warmup,
+    diverged,
+    optimizer_step,
     read_checkpoint,
     reduce_sum,
     refuse_reused_run,
     restore_position,
+    restore_trained_state,
     run_position,
     seed_everything,
     start_processes,
     stop_processes,
+    trained_state,
     write_checkpoint,
 )
 
@@ -173,16 +177,7 @@ class AsrRecipe:
     def _cleaned(self, conversations: list[Conversation]) -> list[Conversation]:
         """Dictation pairs after the same cleaning as every recipe: duplicates, lengths, identifiers
         (dictations name patients more often than anything else)."""
-        d = self.cfg.data
-        kept, self.cleaning = clean(
-            dictation_pairs(conversations),
-            min_answer_chars=d.min_answer_chars,
-            max_answer_chars=d.max_answer_chars,
-            deduplicate=d.deduplicate,
-            near_duplicate_threshold=d.near_duplicate_threshold,
-            fingerprints=self.fingerprints,
-        )
-        return kept
+        return clean_as_configured(dictation_pairs(conversations), self.cfg.data, self.fingerprints)[0]
 
     def _batch(self, conversations: list[Conversation]) -> dict[str, torch.Tensor]:
         from medical_data.audio import decode_audio
@@ -210,24 +205,19 @@ class AsrRecipe:
         total = min(max_steps or cfg.optim.max_steps, cfg.optim.max_steps)
         accumulation = cfg.optim.gradient_accumulation_steps
         progress = tqdm(total=total, initial=self.step, desc=cfg.stage or "asr", disable=not processes.main)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
         while self.step < total:
             started = time.perf_counter()
             loss_sum = 0.0
             for micro in range(accumulation):
                 conversations = [self.stream.next() for _ in range(cfg.data.batch_size)]
                 loss = self.engine(**self._batch(conversations)).loss
-                if reduce_sum([0.0 if torch.isfinite(loss).item() else 1.0], processes)[0]:
+                if diverged(loss, processes):
                     where = f"step {self.step + 1}, micro-batch {micro + 1}"
                     raise TrainingDiverged(f"the loss is not a number at {where}; stopped without saving")
                 (loss / accumulation).backward()
                 loss_sum += loss.item()
-            clip = cfg.optim.max_grad_norm or float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, clip))
             lr = self.scheduler.get_last_lr()[0]
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            grad_norm = optimizer_step(self.model, self.optimizer, self.scheduler, cfg.optim.max_grad_norm)
             self.step += 1
             progress.update(1)
             mean = reduce_sum([loss_sum / accumulation], processes)[0] / processes.world_size
@@ -261,12 +251,7 @@ class AsrRecipe:
     def save_checkpoint(self) -> None:
         state = run_position(self.stream, self.processes, self.step)
         if self.processes.main:
-            trained = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
-            state |= {
-                "model": trained,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-            }
+            state |= trained_state(self.model, self.optimizer, self.scheduler)
             root = self.output_dir / CHECKPOINTS
             write_checkpoint(root, f"step-{self.step}", STATE, state, self.cfg.run.keep_checkpoints)
         barrier()
@@ -275,9 +260,7 @@ class AsrRecipe:
         state = read_checkpoint(self.output_dir / CHECKPOINTS, STATE, self.processes)
         if state is None:
             return None
-        self.model.load_state_dict(state["model"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        restore_trained_state(state, self.model, self.optimizer, self.scheduler)
         self.step = restore_position(state, self.stream, self.processes)
         return self.step
 
@@ -285,29 +268,29 @@ class AsrRecipe:
         """``final/hf``, ``final/ct2`` and ``final/asr_report.json`` with the held-out WER before and after."""
         final = self.output_dir / "final"
         if self.processes.main:
-            staging = final.with_name(".final.partial")
-            shutil.rmtree(staging, ignore_errors=True)
-            self.model.eval().save_pretrained(staging / "hf")
-            self.processor.save_pretrained(str(staging / "hf"))
-            export_ct2(staging / "hf", staging / "ct2")
-            before_folder = self.ct2_source or export_ct2(self.hf_source, self.output_dir / "source-ct2")
-            report = {
-                "recipe": "asr",
-                "stage": self.cfg.stage,
-                "whisper": self.settings.whisper,  # type: ignore[union-attr]
-                "steps": self.step,
-                "train_pairs": len(self.train_pairs),
-                "held_out_pairs": len(self.held_out),
-                "encoder_frozen": self.settings.freeze_encoder,  # type: ignore[union-attr]
-                "identifier_check": "ran" if self.fingerprints is not None else "not run (no fingerprints)",
-                "wer_before": served_wer(before_folder, self.held_out),
-                "wer_after": served_wer(staging / "ct2", self.held_out),
-            }
-            (staging / "asr_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(staging, final)
+            with building_folder(final, replace=True) as staging:
+                self._write_final(staging)
         barrier()
         return final if self.processes.main else None
+
+    def _write_final(self, staging: Path) -> None:
+        self.model.eval().save_pretrained(staging / "hf")
+        self.processor.save_pretrained(str(staging / "hf"))
+        export_ct2(staging / "hf", staging / "ct2")
+        before_folder = self.ct2_source or export_ct2(self.hf_source, self.output_dir / "source-ct2")
+        report = {
+            "recipe": "asr",
+            "stage": self.cfg.stage,
+            "whisper": self.settings.whisper,  # type: ignore[union-attr]
+            "steps": self.step,
+            "train_pairs": len(self.train_pairs),
+            "held_out_pairs": len(self.held_out),
+            "encoder_frozen": self.settings.freeze_encoder,  # type: ignore[union-attr]
+            "identifier_check": "ran" if self.fingerprints is not None else "not run (no fingerprints)",
+            "wer_before": served_wer(before_folder, self.held_out),
+            "wer_after": served_wer(staging / "ct2", self.held_out),
+        }
+        (staging / "asr_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
     def cleanup(self) -> None:
         stop_processes()

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from collections import Counter
 from contextlib import nullcontext
@@ -26,6 +24,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from omni_core.model_cache import building_folder
 from omni_core.modeling_omni import OmniForConditionalGeneration
 from omni_core.processing_omni import ModelInputs, OmniCollator, OmniProcessor
 from training.config import RecipeConfig
@@ -35,7 +34,7 @@ from training.data import (
     CleaningReport,
     ConversationStream,
     MediaReader,
-    clean,
+    clean_as_configured,
     mix,
     next_batch,
     split_by_group,
@@ -46,17 +45,21 @@ from training.runtime import (
     TrainingDiverged,
     barrier,
     cosine_with_warmup,
+    diverged,
     gather_objects,
     latest_tag,
     mark_latest,
+    optimizer_step,
     read_checkpoint,
     reduce_sum,
     refuse_reused_run,
     restore_position,
+    restore_trained_state,
     run_position,
     seed_everything,
     start_processes,
     stop_processes,
+    trained_state,
     training_dtype,
     write_checkpoint,
 )
@@ -160,18 +163,8 @@ class OmniRecipe:
         )
 
     def _cleaned(self, conversations: list[Conversation]) -> list[Conversation]:
-        d = self.cfg.data
-        kept, report = clean(
-            conversations,
-            min_answer_chars=d.min_answer_chars,
-            max_answer_chars=d.max_answer_chars,
-            deduplicate=d.deduplicate,
-            near_duplicate_threshold=d.near_duplicate_threshold,
-            fingerprints=self.fingerprints,
-        )
-        for key, value in report.as_dict().items():
-            current = getattr(self.cleaning, key)
-            setattr(self.cleaning, key, current + value)
+        kept, report = clean_as_configured(conversations, self.cfg.data, self.fingerprints)
+        self.cleaning.add(report)
         return kept
 
     # -- batches ------------------------------------------------------------------------------------
@@ -259,8 +252,7 @@ class OmniRecipe:
                 self._check_same_parts(inputs)
                 output = self._forward(inputs, wanted)
                 loss = output.loss * weight
-                bad = reduce_sum([0.0 if torch.isfinite(loss).item() else 1.0], processes)[0]
-                if bad:
+                if diverged(loss, processes):
                     where = f"step {self.step + 1}, micro-batch {micro + 1}"
                     mine = "" if torch.isfinite(loss).item() else f" (conversations {', '.join(batch.ids)})"
                     raise TrainingDiverged(f"the loss is not a number at {where}{mine}; stopped without saving")
@@ -323,13 +315,7 @@ class OmniRecipe:
         if self.ds_config is not None:  # DeepSpeed stepped (clipping, scheduler) at the boundary
             norm = self.engine.get_global_grad_norm()
             return None if norm is None else float(norm)
-        clip = self.cfg.optim.max_grad_norm
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        norm = torch.nn.utils.clip_grad_norm_(trainable, clip if clip > 0 else float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return optimizer_step(self.model, self.optimizer, self.scheduler, self.cfg.optim.max_grad_norm)
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -385,12 +371,7 @@ class OmniRecipe:
             if self.processes.main:  # the pointer moves only once every rank's shard is written
                 mark_latest(root, tag, self.cfg.run.keep_checkpoints)
         elif self.processes.main:
-            trained = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
-            state |= {
-                "model": trained,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-            }
+            state |= trained_state(self.model, self.optimizer, self.scheduler)
             write_checkpoint(root, tag, TRAINER_STATE, state, self.cfg.run.keep_checkpoints)
         barrier()
         return root / tag
@@ -410,12 +391,7 @@ class OmniRecipe:
                 raise ValueError(f"checkpoint {tag} was made by {len(state['streams'])} processes; resume with as many")
         else:
             state = read_checkpoint(root, TRAINER_STATE, self.processes)
-            trained = {n for n, p in self.model.named_parameters() if p.requires_grad}
-            if set(state["model"]) != trained:  # type: ignore[index]
-                raise ValueError(f"checkpoint {tag} trained other parameters than this config: another stage?")
-            self.model.load_state_dict(state["model"], strict=False)  # type: ignore[index]
-            self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[index]
-            self.scheduler.load_state_dict(state["scheduler"])  # type: ignore[index]
+            restore_trained_state(state, self.model, self.optimizer, self.scheduler)  # type: ignore[arg-type]
         self.step = restore_position(state, self.stream, self.processes)  # type: ignore[arg-type]
         return self.step
 
@@ -450,13 +426,8 @@ class OmniRecipe:
                     merge_lora(model)
                 else:  # final/ keeps the base weights; load_lora(model, OUTPUT/adapter) adds the adapters
                     remove_lora(model)
-            if final.exists():
-                shutil.rmtree(final)
-            staging = final.with_name(".final.partial")
-            if staging.exists():
-                shutil.rmtree(staging)
-            save_model_folder(model.eval(), self.tokenizer, staging, self.summary())
-            os.replace(staging, final)
+            with building_folder(final, replace=True) as staging:
+                save_model_folder(model.eval(), self.tokenizer, staging, self.summary())
         barrier()
         return final if self.processes.main else None
 

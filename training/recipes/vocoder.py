@@ -15,8 +15,6 @@ position and the RNG; ``final/`` is the whole omni model folder with the trained
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from omni_core.model_cache import building_folder
 from omni_core.modeling_discriminators import (
     HifiGanDiscriminator,
     discriminator_loss,
@@ -42,6 +41,7 @@ from training.runtime import (
     TrainingDiverged,
     barrier,
     cosine_with_warmup,
+    diverged,
     read_checkpoint,
     reduce_sum,
     refuse_reused_run,
@@ -161,7 +161,7 @@ class VocoderRecipe:
             adversarial = generator_adversarial_loss(fake_scores)
             features = feature_matching_loss(real_maps, fake_maps)
             g_loss = adversarial + settings.feature_weight * features + settings.mel_weight * mel_loss  # type: ignore[union-attr]
-            if reduce_sum([0.0 if torch.isfinite(g_loss + d_loss).item() else 1.0], processes)[0]:
+            if diverged(g_loss + d_loss, processes):
                 raise TrainingDiverged(f"the loss is not a number at step {self.step + 1}; stopped without saving")
             self.g_optimizer.zero_grad(set_to_none=True)
             g_loss.backward()
@@ -222,8 +222,6 @@ class VocoderRecipe:
     def save_final(self) -> Path | None:
         final = self.output_dir / "final"
         if self.processes.main:
-            staging = final.with_name(".final.partial")
-            shutil.rmtree(staging, ignore_errors=True)
             records = [r for r in self.metrics.records() if r.get("split") == "train"]
             record: dict[str, Any] = {
                 "recipe": "vocoder",
@@ -232,9 +230,8 @@ class VocoderRecipe:
                 "base": self.cfg.model.base or self.cfg.model.preset,
                 "final_losses": records[-1]["losses"] if records else None,
             }
-            save_model_folder(self.model.eval(), self.tokenizer, staging, record)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(staging, final)
+            with building_folder(final, replace=True) as staging:
+                save_model_folder(self.model.eval(), self.tokenizer, staging, record)
         barrier()
         return final if self.processes.main else None
 

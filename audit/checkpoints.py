@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from sqlalchemy.orm import Session
 from audit.merkle import CompactRange
 from audit.models import AuditCheckpoint, AuditEvent
 from audit.store import lock_log
+from omniclinic_common.files import PrivateFileError, create_private_file, read_private_file
 
 MESSAGE_PREFIX = b"omniclinic-audit-checkpoint/v1\n"
 
@@ -57,18 +57,16 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
             f"key from your backup. If it is lost for good, move {public_path(path).name} aside (keep it: earlier "
             "checkpoints verify with it) and a new key will be made; the log then starts a new chain of trust"
         )
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if os.stat(path).st_mode & 0o077:
-            raise SigningKeyError(f"{path} is readable by other users; run: chmod 600 {path}") from None
-        return _load_private(path.read_bytes())
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        created = create_private_file(path, pem)
+        if not created:
+            key = _load_private(read_private_file(path))
+    except PrivateFileError as exc:
+        raise SigningKeyError(str(exc)) from None
+    if not created:
+        return key
     public_path(path).write_bytes(public_pem(key.public_key()))
     return key
 

@@ -12,7 +12,6 @@ import functools
 import io
 import os
 import struct
-import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -45,6 +44,7 @@ from medical_data.errors import (
     TruncatedDicomError,
 )
 from medical_data.files import size_within
+from omniclinic_common.files import atomic_path
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -299,11 +299,11 @@ def _is_short(raw: object) -> bool:
 
 def _is_image_storage(dataset: Dataset) -> bool:
     sop_class = dataset.get("SOPClassUID")
-    return sop_class is not None and _names_image_storage(str(sop_class))
+    return sop_class is not None and names_image_storage(str(sop_class))
 
 
 @functools.cache
-def _names_image_storage(sop_class_uid: str) -> bool:
+def names_image_storage(sop_class_uid: str) -> bool:
     return UID(sop_class_uid).name.endswith("Image Storage")
 
 
@@ -345,20 +345,6 @@ def _rewind(source: object) -> None:
 
 
 def write_atomically(dataset: Dataset, destination: Path) -> None:
-    """Write ``dataset`` to ``destination`` so that the file appears whole or not at all.
-
-    The bytes go to a temporary file in the same folder, are flushed to disk, then renamed over the
-    destination (``os.replace`` is atomic on POSIX and Windows).
-    """
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".partial-", suffix=".dcm", dir=destination.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle, quiet_pydicom():
-            dataset.save_as(handle, enforce_file_format=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, destination)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    """Write ``dataset`` to ``destination`` so that the file appears whole or not at all."""
+    with atomic_path(destination) as temporary, quiet_pydicom():
+        dataset.save_as(temporary, enforce_file_format=True)

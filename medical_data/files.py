@@ -1,9 +1,7 @@
-"""Bounded file input (a size is checked before any byte is read) and whole-or-nothing text output."""
+"""Bounded file input: a size is checked before any byte is read."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from medical_data.errors import MedicalDataError
@@ -20,18 +18,3 @@ def size_within(
     if size > limit:
         raise limit_error(f"{what} file is {size} bytes, over the {limit} byte limit")
     return size
-
-
-def write_text_atomically(destination: Path, text: str) -> None:
-    """Write ``text`` so that ``destination`` appears whole or not at all (temporary file, fsync, rename)."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".partial-", dir=destination.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, destination)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -37,7 +37,6 @@ from medical_data.deid.text import KnownIdentifiers, TextScrubber
 from medical_data.dicom_io import DEFAULT_LIMITS, DicomLimits, read_dicom
 from medical_data.discovery import InputFile, Rejection, iter_input_files
 from medical_data.errors import MedicalDataError
-from medical_data.files import write_text_atomically
 from medical_data.notes import NOTE_SUFFIXES, Note, StudyKey, pair_notes, read_notes
 from medical_data.transforms import (
     DEFAULT_MAX_PIXELS,
@@ -47,6 +46,7 @@ from medical_data.transforms import (
     SeriesCache,
     persistent_dataset,
 )
+from omniclinic_common.files import write_atomically
 
 MANIFEST_NAME = "manifest.jsonl"
 CACHE_FORMAT = 2
@@ -208,7 +208,7 @@ def ingest_folder(
                 }
             )
         )
-    write_text_atomically(out_dir / MANIFEST_NAME, "".join(line + "\n" for line in lines))
+    write_atomically(out_dir / MANIFEST_NAME, "".join(line + "\n" for line in lines))
     return summary
 
 
@@ -274,7 +274,7 @@ def _write_reports(
         text = "\n\n".join(scrubber.scrub(note.text, known).text for note in study_notes)
         new_uid = deidentifier.remap_uid(original_uid)
         relative = f"reports/{new_uid}.txt"
-        write_text_atomically(out_dir / relative, text + "\n")
+        write_atomically(out_dir / relative, text + "\n")
         reports[new_uid] = relative
         summary.notes_paired += len(study_notes)
     return reports

@@ -218,10 +218,10 @@ def load_conversations(path: str | os.PathLike[str], *, check_files: bool = True
 
 def write_conversations(path: str | os.PathLike[str], conversations: Iterable[Conversation]) -> int:
     """Write conversations as JSON lines (paths relative to the file's folder), atomically."""
-    from medical_data.files import write_text_atomically
+    from omniclinic_common.files import write_atomically
 
     path = Path(path)
     base = path.resolve().parent
     lines = [json.dumps(c.to_json(relative_to=base), ensure_ascii=False) for c in conversations]
-    write_text_atomically(path, "".join(line + "\n" for line in lines))
+    write_atomically(path, "".join(line + "\n" for line in lines))
     return len(lines)

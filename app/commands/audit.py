@@ -17,8 +17,8 @@ from typing import Annotated
 
 import typer
 
-from app.commands.errors import EXIT_FAILED, EXIT_USAGE
-from app.commands.errors import fail as _fail
+from app.commands.common import EXIT_FAILED, EXIT_USAGE
+from app.commands.common import fail as _fail
 
 EXIT_UNSIGNED = 3
 """``audit verify`` found the log intact but checked no signature (no public key): not a clean pass."""
@@ -38,7 +38,7 @@ def audit_engine(*, migrate: bool = True):  # type: ignore[no-untyped-def]
     """
     from sqlalchemy.engine import make_url
 
-    from app.cli import current_settings
+    from app.commands.common import current_settings
     from app.core.config import SettingsError
     from app.core.db import make_engine, open_database
     from audit.store import schema_is_current
@@ -130,7 +130,7 @@ def checkpoint_if_due(engine, *, force: bool = False) -> None:  # type: ignore[n
     """Sign a checkpoint when the settings' event count or age is reached (always with ``force``)."""
     from sqlalchemy.orm import Session
 
-    from app.cli import current_settings
+    from app.commands.common import current_settings
     from audit.checkpoints import checkpoint_due
 
     settings = current_settings()
@@ -262,7 +262,7 @@ def verify_cmd(
     """
     from sqlalchemy.orm import Session
 
-    from app.cli import current_settings
+    from app.commands.common import current_settings
     from audit import load_public_key, verify_log
     from audit.checkpoints import CheckpointFileError, CheckpointInfo, SigningKeyError
 
@@ -396,7 +396,7 @@ def checkpoint_cmd(
     ] = None,
 ) -> None:
     """Sign the current tree head with the data folder's key (refused when the log does not check out)."""
-    from app.cli import current_settings
+    from app.commands.common import current_settings
 
     checkpoint = sign_checkpoint(audit_engine(), current_settings())
     if checkpoint is None:
@@ -460,9 +460,9 @@ def _retired_keys(settings):  # type: ignore[no-untyped-def]
 
 def write_witness(path: Path, checkpoint) -> None:  # type: ignore[no-untyped-def]
     """Write a checkpoint file whole or not at all."""
-    from medical_data.files import write_text_atomically
+    from omniclinic_common.files import write_atomically
 
-    write_text_atomically(path, checkpoint.to_json() + "\n")
+    write_atomically(path, checkpoint.to_json() + "\n")
 
 
 @audit_cli.command("rotate-key")
@@ -477,8 +477,9 @@ def rotate_key_cmd() -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from app.cli import current_settings
+    from app.commands.common import current_settings
     from audit.checkpoints import key_id, load_or_create_signing_key, public_path, public_pem, retired_public_path
+    from omniclinic_common.files import replace_private_file
 
     settings = current_settings()
     key_path = settings.audit_key_path
@@ -487,15 +488,12 @@ def rotate_key_cmd() -> None:
     old_public = load_or_create_signing_key(key_path).public_key()
     new_key = Ed25519PrivateKey.generate()
     staged = key_path.with_name(".next-" + key_path.name)
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(
-            new_key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        handle.flush()
-        os.fsync(handle.fileno())
+    replace_private_file(
+        staged,
+        new_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
     engine = audit_engine()
     record_operator_event(  # the rotation is itself on record, and the hand-over checkpoint covers it
         engine,

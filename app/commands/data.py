@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from app.commands.audit import audit_engine, checkpoint_if_due, record_operator_event
-from app.commands.errors import EXIT_FAILED, EXIT_USAGE, fail
+from app.commands.common import EXIT_FAILED, EXIT_USAGE, fail
 from app.core.config import Settings, SettingsError
 
 EXPORT, INSTANCES_ACCESSED = "110106", "110103"  # DCM audit event types
@@ -148,7 +148,7 @@ def deid(
     report: Annotated[Path | None, typer.Option(help="JSON-lines report [default: in the data folder].")] = None,
 ) -> None:
     """De-identify DICOM studies. Exit 0 when every file was written, 1 when any was quarantined or rejected."""
-    from app.cli import current_settings
+    from app.commands.common import current_settings
     from medical_data.deid import deidentify_files
 
     settings = current_settings()
@@ -201,7 +201,7 @@ def ingest(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Processes de-identifying files in parallel.")] = 1,
 ) -> None:
     """Build a de-identified training dataset; rerun to resume. Exit 1 when files were skipped."""
-    from app.cli import current_settings
+    from app.commands.common import current_settings
     from medical_data.ingest import MANIFEST_NAME, CacheSettings, ingest_folder
     from medical_data.windows import CT_PRESETS
 

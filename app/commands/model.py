@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from app.commands.errors import EXIT_FAILED, EXIT_USAGE
-from app.commands.errors import fail as _fail
+from app.commands.common import EXIT_FAILED, EXIT_USAGE
+from app.commands.common import fail as _fail
 
 
 def model_info(
@@ -45,7 +45,7 @@ def convert_whisper(
     Lossless: the float16 weights are copied bit for bit. The folder feeds transformers, the training
     recipes and ``from_components(whisper=...)``.
     """
-    from app.cli import current_settings
+    from app.commands.common import current_settings
     from omni_core.speech.asr import resolve_model
     from omni_core.speech.errors import ModelNotFound
     from omni_core.whisper_ct2 import WhisperConversionError, convert_ct2_whisper

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
-from app.commands.errors import EXIT_FAILED, EXIT_USAGE
-from app.commands.errors import fail as _fail
+from app.commands.common import EXIT_FAILED, EXIT_USAGE
+from app.commands.common import fail as _fail
 
 OUTPUT_FORMATS = {".wav": "wav", ".ogg": "ogg", ".opus": "ogg"}
 
@@ -23,7 +21,7 @@ def transcribe(
     ] = False,
 ) -> None:
     """Print the transcript of a recording. Exit 1 when it holds no speech or cannot be decoded."""
-    from app.cli import current_settings
+    from app.commands.common import current_settings
     from medical_data.audio import AudioLimits, decode_audio
     from medical_data.errors import AudioRejected
     from omni_core.speech.asr import RecognitionOptions, SpeechRecognizer, resolve_model
@@ -60,11 +58,12 @@ def speak(
     ] = None,
 ) -> None:
     """Speak TEXT into an audio file."""
-    from app.cli import current_settings
+    from app.commands.common import current_settings
     from omni_core.speech.encode import ogg_opus_bytes, wav_bytes
     from omni_core.speech.errors import SynthesisError
     from omni_core.speech.tts import load_synthesizer
     from omni_core.speech.tts import speak as synthesize
+    from omniclinic_common.files import write_atomically
 
     kind = OUTPUT_FORMATS.get(out.suffix.lower())
     if kind is None:
@@ -80,13 +79,5 @@ def speak(
         if kind == "wav"
         else ogg_opus_bytes(samples, synthesizer.sample_rate)
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".partial-", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, out)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(out, data)
     typer.echo(f"wrote {out} ({len(samples) / synthesizer.sample_rate:.1f} s, {synthesizer.name})")

@@ -11,13 +11,13 @@ from typing import Annotated
 
 import typer
 
-from app.commands.errors import EXIT_FAILED, EXIT_USAGE, fail
+from app.commands.common import EXIT_FAILED, EXIT_USAGE, fail
 
 
 def _site_fingerprints(paths: list[Path], required: Path | None = None):  # type: ignore[no-untyped-def]
     """The de-identification fingerprints found beside the data (keyed by this site's secret), or None
     with a warning; ``required`` (``data.identifier_fingerprints``) must exist."""
-    from app.cli import current_settings
+    from app.commands.common import current_settings
     from app.core.config import SettingsError
     from medical_data.deid.fingerprints import FINGERPRINTS_NAME, IdentifierFingerprints
     from medical_data.errors import MedicalDataError

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import stat
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -78,6 +77,27 @@ class Settings(BaseSettings):
     audit_checkpoint_seconds: float = Field(
         default=300.0, gt=0, le=86_400, description="Sign an audit checkpoint when new events are this old."
     )
+    model_preset: Literal["tiny", "demo-cpu"] = Field(
+        default="demo-cpu",
+        description="Model built when OMNICLINIC_MODEL_DIR is empty: 'demo-cpu' (SmolLM2-135M backbone; image, "
+        "audio and speech parts untrained) or 'tiny' (random weights, for tests).",
+    )
+    max_new_tokens: int = Field(default=160, ge=1, le=4096, description="Longest answer, in tokens.")
+    answer_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Longest time one answer may take.")
+    queue_depth: int = Field(
+        default=8, ge=0, le=1000, description="Questions that may wait for the model; beyond it the API answers 503."
+    )
+    queue_timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Longest wait for the model, seconds.")
+    token_minutes: int = Field(default=60, ge=1, le=24 * 60, description="Lifetime of a login, minutes.")
+    login_attempts: int = Field(
+        default=5, ge=1, le=1000, description="Failed logins per user name and address before a pause."
+    )
+    login_window_s: float = Field(default=300.0, gt=0, le=86_400, description="The window failed logins count in.")
+    max_upload_bytes: int = Field(default=1024**3, ge=1, description="Largest upload (all files of one request).")
+    max_upload_files: int = Field(default=2000, ge=1, description="Most files in one upload (zip members count).")
+    deid_on_upload: bool = Field(default=True, description="De-identify studies as they are uploaded.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API (none).")
+    cookie_secure: bool = Field(default=False, description="Send the login cookie over HTTPS only (behind TLS).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("data_dir", "model_dir", mode="after")
@@ -112,6 +132,16 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         """Models prepared once and cached (e.g. Whisper base joined from its two parts)."""
         return self.data_dir / "models"
+
+    @property
+    def studies_dir(self) -> Path:
+        """Stored studies, one generated folder name each."""
+        return self.data_dir / "studies"
+
+    @property
+    def answers_dir(self) -> Path:
+        """Spoken answers (WAV), one generated file name each."""
+        return self.data_dir / "answers"
 
     @property
     def audit_key_path(self) -> Path:
@@ -160,32 +190,18 @@ class Settings(BaseSettings):
         return (self.deid_secret or self._load_or_create_secret(self.deid_secret_path)).get_secret_value().encode()
 
     def _load_or_create_secret(self, path: Path) -> SecretStr:
-        """Read a key file, or create it atomically with mode 0600 (never overwritten).
+        """Read a key file, or create it with mode 0600 (never overwritten); a key file other users can
+        read is refused."""
+        from omniclinic_common.files import PrivateFileError, create_private_file, read_private_file
 
-        A key file that other users can read is refused, as ssh refuses a readable private key.
-        """
         self.prepare_data_dir()
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return self._read_secret_file(path)
+            create_private_file(path, (secrets.token_urlsafe(48) + "\n").encode())
+            key = read_private_file(path).decode("utf-8", "replace").strip()
+        except PrivateFileError as exc:
+            raise SettingsError(str(exc)) from None
         except OSError as exc:
-            raise SettingsError(f"cannot create the key file {path} ({exc.strerror})") from None
-        key = secrets.token_urlsafe(48)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(key + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        return SecretStr(key)
-
-    @staticmethod
-    def _read_secret_file(path: Path) -> SecretStr:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise SettingsError(
-                f"the key file {path} is readable by other users (mode {mode:o}); run: chmod 600 {path}"
-            )
-        key = path.read_text(encoding="utf-8").strip()
+            raise SettingsError(f"cannot read the key file {path} ({exc.strerror})") from None
         if len(key) < MIN_SECRET_LENGTH:
             raise SettingsError(f"the key file {path} holds a key that is too short; delete it to regenerate")
         return SecretStr(key)

@@ -1,6 +1,12 @@
-"""The database engine the app shares with ``audit`` (SQLite in the data folder by default)."""
+"""The one database bootstrap: the engine the app shares with ``audit`` (SQLite in the data folder by
+default, PostgreSQL for deployments), with the audit tables and the app's tables migrated.
+
+``open_database`` is what the web app's lifespan, ``serve`` and every command that records use.
+"""
 
 from __future__ import annotations
+
+from importlib.resources import files
 
 from sqlalchemy import Engine, text
 
@@ -8,16 +14,46 @@ from app.core.config import Settings
 from audit.store import create_audit_engine, upgrade_database
 
 
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached or migrated; the message names the kind of failure, never the URL."""
+
+
 def make_engine(database_url: str) -> Engine:
     """The app's engine: configured by ``audit`` so that audit appends serialize correctly."""
     return create_audit_engine(database_url)
 
 
+def upgrade_app_tables(engine: Engine) -> None:
+    """Create or migrate the app's tables to the latest revision (Alembic, own version table)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(files("app").joinpath("migrations")))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
 def open_database(settings: Settings) -> Engine:
-    """The data folder made, the engine made, the audit tables migrated: ready to record events."""
+    """The data folder made, the engine made and reachable, the audit and app tables migrated.
+
+    Raises:
+        SettingsError: the data folder is unusable.
+        DatabaseUnavailable: the server cannot be reached, or a migration cannot run.
+    """
     settings.prepare_data_dir()
     engine = make_engine(settings.database_url.get_secret_value())
-    upgrade_database(engine)
+    ok, reason = database_ok(engine)
+    if not ok:
+        engine.dispose()
+        raise DatabaseUnavailable(f"cannot reach the database ({reason}); check OMNICLINIC_DATABASE_URL")
+    try:
+        upgrade_database(engine)
+        upgrade_app_tables(engine)
+    except Exception as exc:  # a migration that cannot run: say which kind of failure, no traceback
+        engine.dispose()
+        raise DatabaseUnavailable(f"cannot prepare the database tables ({type(exc).__name__})") from None
     return engine
 
 

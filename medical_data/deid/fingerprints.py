@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medical_data.errors import MedicalDataError
-from medical_data.files import write_text_atomically
+from omniclinic_common.files import write_atomically
 
 FINGERPRINTS_NAME = "deid_fingerprints.json"
 MAX_WORDS = 6
@@ -102,7 +102,7 @@ class IdentifierFingerprints:
             "longest": self.longest,
             "fingerprints": sorted(self.fingerprints),
         }
-        write_text_atomically(path, json.dumps(record) + "\n")
+        write_atomically(path, json.dumps(record) + "\n")
 
     def update_from(self, path: Path) -> None:
         """Add the fingerprints of a file made under the same site secret.

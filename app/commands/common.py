@@ -1,0 +1,32 @@
+"""What every command shares: one way to report a problem (one red line on stderr and an exit status,
+never a traceback) and one way to read the settings. Commands import this, never ``app.cli``."""
+
+from __future__ import annotations
+
+import typer
+
+from app.core.config import Settings, SettingsError, load_settings
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    """Print ``error: message`` on stderr; raise the returned Exit: ``raise fail(...) from None``."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+def current_settings(**overrides: object) -> Settings:
+    """Settings for a command (options given on the command line win), errors as a usage exit."""
+    try:
+        settings = load_settings()
+        if overrides:
+            settings = Settings.model_validate(
+                settings.model_dump() | {k: v for k, v in overrides.items() if v is not None}
+            )
+    except SettingsError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    except ValueError as exc:  # pydantic's ValidationError for an override
+        errors = exc.errors() if hasattr(exc, "errors") else None
+        raise fail(f"invalid option: {errors[0]['msg'] if errors else exc}", EXIT_USAGE) from None
+    return settings

@@ -1,0 +1,333 @@
+"""The model a process serves, with its speech engines, behind a bounded queue.
+
+One ``Assistant`` per process: the omni model (from ``OMNICLINIC_MODEL_DIR``, or the preset built once
+into the models cache), the speech recognizer and the synthesizer, all loaded on first use. Answers
+are generated one at a time; ``GenerationGate`` lets at most ``queue_depth`` more wait, and refuses
+the rest at once (the API turns that into 503 with Retry-After) instead of letting them pile up.
+
+What the model is, and which of its parts were never trained, travels with every answer
+(``ModelInfo``): until a trained model is configured, nothing it says may pass for a finding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.core.config import Settings
+
+logger = logging.getLogger("omniclinic.assistant")
+
+SERVING_RECORD = "serving.json"
+"""Written into a model folder by whatever built it: its display name and the parts never trained."""
+SYSTEM_PROMPT = (
+    "You are omniclinic, an assistant for radiologists. Answer questions about the study shown, briefly "
+    "and factually. Say when you cannot tell."
+)
+UNTRAINED_CAUTION = (
+    "Demonstration model: its image and audio parts are untrained, so this answer is not based on the "
+    "image. Not a finding; not for clinical decisions."
+)
+SPOKEN_CAUTION = "Demonstration model, not a finding."
+GENERAL_CAUTION = "A draft from a model: a qualified clinician must check it. Not for clinical decisions on its own."
+TRAINABLE_PARTS = ("vision", "projector", "audio_tokenizer", "audio_embedding", "llm", "audio_head", "speech_decoder")
+
+
+class Busy(RuntimeError):
+    """The model's queue is full, or the wait ran out; try again after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("the model is busy; try again shortly")
+        self.retry_after = retry_after
+
+
+class AnswerFailed(RuntimeError):
+    """The model could not answer (a typed reason, no patient data)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    source: str
+    untrained_parts: tuple[str, ...]
+    caution: str
+
+    @property
+    def untrained(self) -> bool:
+        return bool(self.untrained_parts)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "source": self.source,
+            "untrained_parts": list(self.untrained_parts),
+            "caution": self.caution,
+        }
+
+
+def describe_model(settings: Settings) -> ModelInfo:
+    """What ``settings`` will serve, read without loading any weights (for ``doctor`` and the banner)."""
+    if settings.model_dir is not None:
+        return _folder_info(settings.model_dir, source=str(settings.model_dir))
+    if settings.model_preset == "tiny":
+        return ModelInfo("tiny (random weights)", "0", "preset tiny", TRAINABLE_PARTS, UNTRAINED_CAUTION)
+    untrained = tuple(part for part in TRAINABLE_PARTS if part != "llm")
+    return ModelInfo(
+        "demo-cpu (SmolLM2-135M backbone)",
+        "0",
+        "preset demo-cpu, built from installed parts",
+        untrained,
+        UNTRAINED_CAUTION,
+    )
+
+
+def _folder_info(folder: Path, source: str) -> ModelInfo:
+    record: dict[str, Any] = {}
+    with suppress(OSError, ValueError):
+        record = json.loads((folder / SERVING_RECORD).read_text(encoding="utf-8"))
+    untrained = tuple(str(part) for part in record.get("untrained_parts", ()))
+    return ModelInfo(
+        str(record.get("name") or folder.name)[:128],
+        str(record.get("version", "")),
+        source,
+        untrained,
+        UNTRAINED_CAUTION if untrained else GENERAL_CAUTION,
+    )
+
+
+class GenerationGate:
+    """One answer at a time, at most ``depth`` waiting, each for at most ``timeout_s``."""
+
+    def __init__(self, depth: int, timeout_s: float) -> None:
+        self.depth, self.timeout_s = depth, timeout_s
+        self._slot = threading.Semaphore(1)
+        self._lock = threading.Lock()
+        self._admitted = 0
+        self._mean_s = 5.0  # a first guess at one answer's time, refined as answers complete
+
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self._mean_s * max(1, self._admitted)))
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._lock:
+            if self._admitted >= 1 + self.depth:
+                raise Busy(self.retry_after())
+            self._admitted += 1
+        try:
+            if not self._slot.acquire(timeout=self.timeout_s):
+                raise Busy(self.retry_after())
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                self._slot.release()
+                self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - started)
+        finally:
+            with self._lock:
+                self._admitted -= 1
+
+
+@dataclass
+class Answer:
+    text: str
+    prompt_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of the answer's text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Speech:
+    """A spoken sentence of the answer (float32 mono)."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+
+class Assistant:
+    """The served model and speech engines of this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.info = describe_model(settings)
+        self.gate = GenerationGate(settings.queue_depth, settings.queue_timeout_s)
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._processor: Any = None
+        self._recognizer: Any = None
+        self._synthesizer: Any = None
+
+    # -- loading ---------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load the model now (the server does at start, so the first question does not wait)."""
+        self._ensure_model()
+
+    def _ensure_model(self) -> tuple[Any, Any]:
+        with self._lock:
+            if self._model is None:
+                import torch
+
+                torch.set_num_threads(self.settings.cpu_threads)
+                self._model, self._processor = _load_model(self.settings)
+            return self._model, self._processor
+
+    def recognizer(self) -> Any:
+        with self._lock:
+            if self._recognizer is None:
+                from omni_core.speech.asr import RecognitionOptions, SpeechRecognizer, resolve_model
+
+                model = resolve_model(self.settings.asr_model, self.settings.models_dir)
+                self._recognizer = SpeechRecognizer(
+                    model,
+                    cpu_threads=self.settings.cpu_threads,
+                    options=RecognitionOptions(max_seconds=self.settings.max_audio_seconds),
+                )
+            return self._recognizer
+
+    def synthesizer(self) -> Any:
+        with self._lock:
+            if self._synthesizer is None:
+                from omni_core.speech.tts import load_synthesizer
+
+                self._synthesizer = load_synthesizer(
+                    self.settings.tts_engine, deterministic=self.settings.tts_deterministic
+                )
+            return self._synthesizer
+
+    # -- answering -------------------------------------------------------------------------------
+    def prompt(self, image: Any, history: Sequence[tuple[str, str]], question: str) -> list[Any]:
+        """The conversation the model sees: the study's image with the first question, earlier turns
+        as they were, then the new question. Text is encoded by the processor, which keeps any control
+        token's string in it as text."""
+        from omni_core.processing_omni import Message, Part
+
+        messages = [Message("system", [Part("text", SYSTEM_PROMPT)])]
+        turns = [*history, (question, "")]
+        for index, (asked, answered) in enumerate(turns):
+            parts = [Part("image", image)] if index == 0 and image is not None else []
+            messages.append(Message("user", [*parts, Part("text", asked)]))
+            if index < len(turns) - 1:
+                messages.append(Message("assistant", [Part("text", answered)]))
+        return messages
+
+    def stream_answer(
+        self, image: Any, history: Sequence[tuple[str, str]], question: str, *, speak: bool
+    ) -> Iterator[Delta | Speech]:
+        """Text deltas as the model writes them and, with ``speak``, each sentence's speech as soon as
+        the sentence is complete. Runs inside a gate slot (``Busy`` when the queue is full).
+
+        Raises:
+            Busy: the queue is full or the wait ran out.
+            AnswerFailed: the conversation does not fit the model, or generation failed.
+        """
+        from omni_core.modeling_omni import DecodingOptions
+        from omni_core.processing_omni import ControlTokenInText, InputTooLong
+        from omni_core.speech.normalize import split_sentences
+
+        with self.gate.slot():
+            model, processor = self._ensure_model()
+            messages = self.prompt(image, history, question)
+            options = DecodingOptions(max_new_tokens=self.settings.max_new_tokens, speech=False, temperature=0.0)
+            deadline = time.monotonic() + self.settings.answer_timeout_s
+            written = ""
+            spoken = 0  # characters of ``written`` already spoken
+            if speak and self.info.untrained:
+                yield from self._speak(SPOKEN_CAUTION)
+            try:
+                for event in processor.stream(model, messages, options=options, speak_sentences=False):
+                    if not event.text:
+                        continue
+                    written += event.text
+                    yield Delta(event.text)
+                    if speak:
+                        sentences = split_sentences(written[spoken:])
+                        if len(sentences) > 1:  # every sentence but the last is complete
+                            done = written[spoken:].rindex(sentences[-1])
+                            yield from self._speak(written[spoken : spoken + done])
+                            spoken += done
+                    if time.monotonic() > deadline:
+                        raise AnswerFailed(f"the answer took longer than {self.settings.answer_timeout_s:g} s")
+            except (InputTooLong, ControlTokenInText, ValueError) as exc:
+                raise AnswerFailed(str(exc) if isinstance(exc, InputTooLong) else type(exc).__name__) from None
+            if speak and written[spoken:].strip():
+                yield from self._speak(written[spoken:])
+
+    def _speak(self, text: str) -> Iterator[Speech]:
+        from omni_core.speech.errors import SynthesisError
+        from omni_core.speech.tts import stream_speech
+
+        synthesizer = self.synthesizer()
+        try:
+            for chunk in stream_speech(synthesizer, text):
+                yield Speech(chunk.samples, chunk.sample_rate)
+        except SynthesisError:
+            return  # text with nothing speakable (symbols only): the written answer stands
+
+
+def _load_model(settings: Settings) -> tuple[Any, Any]:
+    """(model in eval mode, processor) as the settings say; a preset is built once into the cache."""
+    import torch
+
+    from omni_core import OmniConfig, OmniForConditionalGeneration, OmniProcessor
+    from omni_core.tokenization import character_tokenizer, load_tokenizer
+
+    if settings.model_dir is not None:
+        model = OmniForConditionalGeneration.from_pretrained(settings.model_dir, dtype=torch.float32)
+        tokenizer = load_tokenizer(settings.model_dir)
+    elif settings.model_preset == "tiny":
+        torch.manual_seed(0)
+        model = OmniForConditionalGeneration(OmniConfig.from_preset("tiny")).eval()
+        tokenizer = character_tokenizer()
+    else:
+        folder = demo_model_folder(settings.models_dir)
+        model = OmniForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+        tokenizer = load_tokenizer(folder)
+    return model.eval(), OmniProcessor(model.config, tokenizer)
+
+
+DEMO_FOLDER = "demo-cpu-smollm2"
+
+
+def demo_model_folder(cache_dir: Path) -> Path:
+    """The ``demo-cpu`` preset with SmolLM2-135M as its backbone and its other parts fresh (seeded),
+    saved once as a model folder with its tokenizer and a serving record that says so."""
+    from omni_core.model_cache import building_folder
+
+    target = cache_dir / DEMO_FOLDER
+    if (target / "model.safetensors").is_file():
+        return target
+    import torch
+
+    from omni_core import OmniConfig, OmniForConditionalGeneration
+    from omni_core.backbones import smollm2_folder
+    from omni_core.tokenization import load_tokenizer
+
+    llm = smollm2_folder(cache_dir)
+    torch.manual_seed(0)
+    model = OmniForConditionalGeneration.from_components(OmniConfig.from_preset("demo-cpu"), llm=llm)
+    info = describe_model(Settings(model_preset="demo-cpu", data_dir=cache_dir.parent))
+    with building_folder(target) as staging:
+        model.save_pretrained(staging)
+        load_tokenizer(llm).save_pretrained(str(staging))
+        (staging / SERVING_RECORD).write_text(
+            json.dumps({"name": info.name, "version": "0", "untrained_parts": list(info.untrained_parts)}) + "\n",
+            encoding="utf-8",
+        )
+    return target

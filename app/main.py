@@ -1,4 +1,8 @@
-"""The FastAPI application: ``create_app(settings)`` builds it, ``lifespan`` owns its resources."""
+"""The FastAPI application: ``create_app(settings)`` builds it, ``lifespan`` owns its resources.
+
+The API lives under ``/api/v1`` (OpenAPI at ``/docs``), the clinician UI (Gradio) under ``/ui``, its
+login page at ``/login``; one login (a JWT, as a bearer token or the UI's HttpOnly cookie) serves both.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,29 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from app import __version__
-from app.api.routes import health, root
+from app.api.routes import ask, audit_log, auth, health, reports, root, studies
 from app.core.config import Settings, get_settings
-from app.core.db import make_engine
+from app.core.db import open_database
+from app.core.middleware import BodyLimit, RequestContext
 from app.core.privacy import protect_patient_data_in_logs
-from audit import create_checkpoint, load_or_create_signing_key, unit_of_work, upgrade_database
+from app.core.security import LoginThrottle
+from app.services.assistant import AnswerFailed, Assistant, Busy
+from audit import create_checkpoint, load_or_create_signing_key, unit_of_work
 
 logger = logging.getLogger("omniclinic")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app. Settings default to the environment's; tests pass their own."""
+def create_app(settings: Settings | None = None, *, assistant: Assistant | None = None, ui: bool = True) -> FastAPI:
+    """Build the app. Settings default to the environment's; tests pass their own (and may share an
+    already loaded ``assistant`` between apps)."""
+    from app.services.asking import AskService
+    from app.services.reports import ReportService
+    from app.services.studies import StudyStore
+
     settings = settings or get_settings()
     protect_patient_data_in_logs()
 
@@ -28,10 +41,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.prepare_data_dir()
         settings.resolve_secret_key()  # fail at start, not at the first login, if the key is unusable
         app.state.settings = settings
-        app.state.engine = make_engine(settings.database_url.get_secret_value())
-        upgrade_database(app.state.engine)
+        app.state.engine = open_database(settings)
         signing_key = load_or_create_signing_key(settings.audit_key_path)
-        logger.info("omniclinic %s: %s", __version__, root.NOT_YET_AVAILABLE)
+        app.state.assistant = assistant or Assistant(settings)
+        app.state.studies = StudyStore(settings, app.state.engine)
+        app.state.asking = AskService(settings, app.state.engine, app.state.studies, app.state.assistant)
+        app.state.reports = ReportService(app.state.engine, app.state.studies, app.state.assistant)
+        app.state.login_throttle = LoginThrottle(settings.login_attempts, settings.login_window_s)
+        logger.info("omniclinic %s serving %s", __version__, app.state.assistant.info.name)
         try:
             yield
         finally:
@@ -40,6 +57,84 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.engine.dispose()
 
     app = FastAPI(title="omniclinic", version=__version__, lifespan=lifespan)
-    app.include_router(root.router)
-    app.include_router(health.router)
+    for router in (
+        root.router,
+        health.router,
+        auth.router,
+        studies.router,
+        ask.router,
+        reports.router,
+        audit_log.router,
+    ):
+        app.include_router(router)
+    _add_error_handlers(app)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization"],
+        )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestContext)
+    if ui:
+        from app.ui import mount_ui
+
+        mount_ui(app, settings)
     return app
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Typed errors become statuses with a reason; never a traceback, never a value from a file."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.services.asking import AskRejected
+    from app.services.reports import ReportConflict
+    from app.services.studies import StudyNotFound, UploadRejected
+    from audit import AuditError
+    from medical_data.errors import MedicalDataError
+
+    @app.exception_handler(StudyNotFound)
+    async def not_found(_: Request, exc: StudyNotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(UploadRejected)
+    async def upload_rejected(_: Request, exc: UploadRejected) -> JSONResponse:
+        return _error(exc.status, exc.reason)
+
+    @app.exception_handler(AskRejected)
+    async def ask_rejected(_: Request, exc: AskRejected) -> JSONResponse:
+        return _error(exc.status, exc.reason)
+
+    @app.exception_handler(MedicalDataError)
+    async def unreadable(_: Request, exc: MedicalDataError) -> JSONResponse:
+        return _error(422, f"the study cannot be read: {exc.reason}")
+
+    @app.exception_handler(ReportConflict)
+    async def conflict(_: Request, exc: ReportConflict) -> JSONResponse:
+        return _error(409, str(exc))
+
+    @app.exception_handler(Busy)
+    async def busy(_: Request, exc: Busy) -> JSONResponse:
+        return _error(503, str(exc), {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(AnswerFailed)
+    async def answer_failed(_: Request, exc: AnswerFailed) -> JSONResponse:
+        return _error(422, f"the model could not answer: {exc}")
+
+    @app.exception_handler(ValueError)
+    async def bad_value(_: Request, exc: ValueError) -> JSONResponse:
+        return _error(422, "a value in the request is not usable")
+
+    @app.exception_handler(AuditError)
+    @app.exception_handler(SQLAlchemyError)
+    async def not_recorded(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("the database refused a write (%s); nothing was returned", type(exc).__name__)
+        return _error(503, "the access could not be recorded in the audit trail, so nothing was returned")

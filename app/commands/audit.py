@@ -6,9 +6,7 @@ as IHE ATNA asks.
 
 from __future__ import annotations
 
-import getpass
 import json
-import socket
 import sys
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -90,9 +88,10 @@ def _parse_entities(values: list[str]):  # type: ignore[no-untyped-def]
 
 def operator():  # type: ignore[no-untyped-def]
     """The person at the command line, as an audit agent and source."""
-    from audit import Agent, Source
+    from app.services.auditing import Actor
 
-    return Agent(getpass.getuser(), "cli"), Source(socket.gethostname()[:128])
+    actor = Actor.at_command_line()
+    return actor.agent(), actor.source()
 
 
 def record_operator_event(
@@ -331,30 +330,13 @@ def verify_cmd(
 
 
 def _first_signing_key(engine, settings):  # type: ignore[no-untyped-def]
-    """The data folder's public key that signed the log's first checkpoint (a rotated log's chain starts
-    there: ``rotate-key`` keeps retired public keys beside the current one); the current one otherwise."""
-    from sqlalchemy import select
-    from sqlalchemy.orm import Session
+    from app.services.audit_log import first_signing_key
+    from audit.checkpoints import SigningKeyError
 
-    from audit import load_public_key
-    from audit.checkpoints import SigningKeyError, key_id, public_path, retired_public_paths
-    from audit.models import AuditCheckpoint
-
-    current = public_path(settings.audit_key_path)
-    paths = [current, *retired_public_paths(settings.audit_key_path)]
-    keys = {}
-    for path in paths:
-        if path.exists():
-            try:
-                key = load_public_key(path)
-            except SigningKeyError as exc:
-                raise _fail(str(exc), EXIT_USAGE) from None
-            keys[key_id(key)] = key
-    with Session(engine) as session:
-        first = session.scalar(select(AuditCheckpoint.key_id).order_by(AuditCheckpoint.tree_size).limit(1))
-    if first in keys:
-        return keys[first]
-    return next(iter(keys.values()), None)
+    try:
+        return first_signing_key(engine, settings)
+    except SigningKeyError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
 
 
 @audit_cli.command("export")

@@ -23,7 +23,7 @@ class Actor:
 
     @classmethod
     def at_command_line(cls) -> Actor:
-        return cls(getpass.getuser()[:64], "cli", socket.gethostname()[:64])
+        return cls(getpass.getuser()[:64], "cli")
 
     def agent(self) -> Agent:
         return Agent(self.username, self.role)

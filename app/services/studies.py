@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.models import Study, Turn
@@ -110,12 +111,15 @@ class StudyStore:
             reasons = sorted({r.reason for r in result.rejected}) or ["no DICOM files"]
             raise UploadRejected(422, "nothing usable in the upload: " + "; ".join(reasons[:5]))
         try:
+            stored: list[Study] = []
             with unit_of_work(self.engine) as session:
                 for study, is_new, _ in placed:
                     if is_new:
                         session.add(study)
-                    else:
-                        session.merge(study)
+                    stored.append(study if is_new else session.merge(study))
+                session.flush()
+                for study in stored:
+                    session.expunge(study)  # returned after the commit, with what was written
                 record_access(
                     session,
                     actor,
@@ -129,7 +133,7 @@ class StudyStore:
                 if is_new:
                     shutil.rmtree(folder, ignore_errors=True)
             raise
-        result.studies = [study for study, _, _ in placed]
+        result.studies = stored
         return result
 
     def _deidentify(self, found: ScanResult, out_dir: Path, result: ImportResult) -> ScanResult:
@@ -153,7 +157,7 @@ class StudyStore:
         return scan([out_dir], extract_dir=out_dir / ".x") if out_dir.exists() else ScanResult()
 
     def _place(self, study_uid: str, study_ref: Any, result: ImportResult) -> tuple[Study, bool, Path]:
-        with unit_of_work(self.engine) as session:
+        with Session(self.engine) as session:
             existing = session.get(Study, study_uid)
             if existing is not None:
                 session.expunge(existing)
@@ -199,7 +203,7 @@ class StudyStore:
         return studies
 
     def get(self, study_uid: str) -> Study:
-        with unit_of_work(self.engine) as session:
+        with Session(self.engine) as session:
             study = session.get(Study, study_uid) if valid_uid(study_uid) else None
             if study is None:
                 raise StudyNotFound("no stored study with that UID")

@@ -78,12 +78,13 @@ def create_app(settings: Settings | None = None, *, assistant: Assistant | None 
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization"],
         )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
-    app.add_middleware(RequestContext)
     if ui:
+        from app.services.assistant import describe_model
         from app.ui import mount_ui
 
-        mount_ui(app, settings)
+        mount_ui(app, settings, assistant.info if assistant else describe_model(settings))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestContext)  # outermost: every answer, a redirect or a 413 too, gets its headers
     return app
 
 

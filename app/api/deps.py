@@ -38,8 +38,9 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def actor_from_token(request: Request, token: str | None) -> Actor:
-    """The user a bearer token (or the UI's session cookie) names, still active.
+def actor_from_token(request: Request, token: str | None, state: object | None = None) -> Actor:
+    """The user a bearer token (or the UI's session cookie) names, still active. ``state``: the main
+    app's state, for requests that reach a mounted sub-app (the UI).
 
     Raises:
         HTTPException: 401 with the reason (missing, expired, forged, user no longer active).
@@ -50,15 +51,16 @@ def actor_from_token(request: Request, token: str | None) -> Actor:
     unauthorized = {"WWW-Authenticate": "Bearer"}
     if not token:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "not logged in", headers=unauthorized)
-    settings: Settings = request.app.state.settings
+    state = state or request.app.state
+    settings: Settings = state.settings  # type: ignore[attr-defined]
     try:
         claims = decode_token(token, settings.resolve_secret_key().get_secret_value())
     except TokenError as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers=unauthorized) from None
-    user = active_user(request.app.state.engine, str(claims["sub"]), float(claims["iat"]))  # type: ignore[arg-type]
+    user = active_user(state.engine, str(claims["sub"]), float(claims["iat"]))  # type: ignore[arg-type,attr-defined]
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "the login is no longer valid", headers=unauthorized)
-    return Actor(user.username, user.role, client_address(request), request.state.request_id)
+    return Actor(user.username, user.role, client_address(request), getattr(request.state, "request_id", ""))
 
 
 def current_actor(request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]) -> Actor:

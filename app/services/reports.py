@@ -52,7 +52,8 @@ class ReportService:
             if isinstance(piece, Delta)
         ).strip()
         info = self.assistant.info
-        text = f"DRAFT by {info.name}. {info.caution}\n\n{technique_line(study)}\n\n{written or '(the model wrote nothing)'}"
+        body = written or "(the model wrote nothing)"
+        text = f"DRAFT by {info.name}. {info.caution}\n\n{technique_line(study)}\n\n{body}"
         report = Report(
             study_uid=study_uid, status="draft", model_name=info.name, draft_text=text, drafted_by=actor.username
         )

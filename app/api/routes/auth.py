@@ -41,7 +41,7 @@ def login(request: Request, username: str, password: str) -> tuple[str, Actor]:
             "too many failed logins; wait before trying again",
             headers={"Retry-After": str(math.ceil(wait))},
         )
-    actor = Actor(username, "", address, request.state.request_id)
+    actor = Actor(username, "", address, getattr(request.state, "request_id", ""))
     user = authenticate(request.app.state.engine, username, password, actor)
     if user is None:
         throttle.failed(username, address)
@@ -52,7 +52,7 @@ def login(request: Request, username: str, password: str) -> tuple[str, Actor]:
     token = create_token(
         user.username, user.role, settings.resolve_secret_key().get_secret_value(), settings.token_minutes
     )
-    return token, Actor(user.username, user.role, address, request.state.request_id)
+    return token, Actor(user.username, user.role, address, getattr(request.state, "request_id", ""))
 
 
 @router.post("/token", response_model=Token)

@@ -174,23 +174,26 @@ def check_database(settings: Settings) -> Check:
 
 
 def check_omni_model(settings: Settings) -> Check:
-    if settings.model_dir is None:
-        return Check(
-            "omni model",
-            "missing",
-            "no default model is bundled in this release yet",
-            "set OMNICLINIC_MODEL_DIR to a trained model folder once you have one",
-            required=False,
-        )
-    if not (settings.model_dir / "config.json").is_file():
+    """The model the app serves, and whether any of its parts are untrained (said, not hidden)."""
+    from app.services.assistant import describe_model
+
+    if settings.model_dir is not None and not (settings.model_dir / "config.json").is_file():
         return Check(
             "omni model",
             "missing",
             f"{settings.model_dir} holds no config.json",
             "point OMNICLINIC_MODEL_DIR at a save_pretrained folder",
-            required=False,
         )
-    return Check("omni model", "ok", str(settings.model_dir), required=False)
+    info = describe_model(settings)
+    if info.untrained:
+        return Check(
+            "omni model",
+            "warning",
+            f"{info.name}: untrained parts {', '.join(info.untrained_parts)}; its answers are not based on the "
+            "image and are not findings",
+            "set OMNICLINIC_MODEL_DIR to a trained model folder",
+        )
+    return Check("omni model", "ok", f"{info.name} ({info.source})")
 
 
 def run_checks(settings: Settings) -> list[Check]:

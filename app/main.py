@@ -48,6 +48,9 @@ def create_app(settings: Settings | None = None, *, assistant: Assistant | None 
         app.state.asking = AskService(settings, app.state.engine, app.state.studies, app.state.assistant)
         app.state.reports = ReportService(app.state.engine, app.state.studies, app.state.assistant)
         app.state.login_throttle = LoginThrottle(settings.login_attempts, settings.login_window_s)
+        from starlette.concurrency import run_in_threadpool
+
+        await run_in_threadpool(app.state.assistant.load)  # the first question does not wait for it
         logger.info("omniclinic %s serving %s", __version__, app.state.assistant.info.name)
         try:
             yield

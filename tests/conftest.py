@@ -40,6 +40,7 @@ def isolated_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
             monkeypatch.delenv(name)
     data_dir = tmp_path_factory.mktemp("data")
     monkeypatch.setenv("OMNICLINIC_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("OMNICLINIC_MODEL_PRESET", "tiny")  # tests that need the demo-cpu model ask for it
     from app.core.config import get_settings
 
     get_settings.cache_clear()

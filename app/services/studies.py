@@ -226,15 +226,20 @@ class StudyStore:
         summary = summaries[0].as_dict() if summaries else {"series": []}
         return {"study": study, "summary": summary}
 
-    def volume(self, study: Study, series_uid: str | None = None, preset: str | None = None) -> Any:
-        """The series as a ``(C, D, H, W)`` MetaTensor in [0, 1] (cached: a slider moves through it)."""
+    @staticmethod
+    def load_volume(paths: list[Path], preset: str | None = None) -> Any:
+        """One image object, or a series of single-frame slices, as a ``(C, D, H, W)`` MetaTensor in [0, 1]."""
         from medical_data.study import load_image, load_series
 
+        return load_image(paths[0], preset=preset) if len(paths) == 1 else load_series(paths, preset=preset)
+
+    def volume(self, study: Study, series_uid: str | None = None, preset: str | None = None) -> Any:
+        """The series as a ``(C, D, H, W)`` MetaTensor in [0, 1] (cached: a slider moves through it)."""
         series_list = self.series(study)
         chosen = next((s for s in series_list if s.series_instance_uid == series_uid), None) if series_uid else None
         if chosen is None and series_uid:
             raise StudyNotFound("no series with that UID in the study")
-        chosen = chosen or _main_series(series_list)
+        chosen = chosen or main_series(series_list)
         if chosen is None:
             raise StudyNotFound("the study holds no images")
         key = (study.study_uid, chosen.series_instance_uid, preset or "")
@@ -242,8 +247,7 @@ class StudyStore:
             if key in self._volumes:
                 self._volumes.move_to_end(key)
                 return self._volumes[key]
-        paths = [instance.path for instance in chosen.instances]
-        volume = load_image(paths[0], preset=preset) if len(paths) == 1 else load_series(paths, preset=preset)
+        volume = self.load_volume([instance.path for instance in chosen.instances], preset)
         with self._lock:
             self._volumes[key] = volume
             while len(self._volumes) > VOLUME_CACHE:
@@ -294,7 +298,7 @@ class StudyStore:
                 del self._volumes[key]
 
 
-def _main_series(series_list: list[SeriesRef]) -> SeriesRef | None:
+def main_series(series_list: list[SeriesRef]) -> SeriesRef | None:
     """The series with the most instances (an image series: SR and other documents have none to show)."""
     from medical_data.dicom_io import names_image_storage
 

@@ -10,7 +10,7 @@ from app.main import create_app
 
 
 def test_health_reports_database_and_version(isolated_settings: Path) -> None:
-    with TestClient(create_app(Settings(data_dir=isolated_settings))) as client:
+    with TestClient(create_app(Settings(data_dir=isolated_settings, model_preset="tiny"))) as client:
         response = client.get("/health")
     assert response.status_code == 200
     body = response.json()
@@ -18,16 +18,17 @@ def test_health_reports_database_and_version(isolated_settings: Path) -> None:
     assert body["version"]
 
 
-def test_root_says_plainly_what_is_not_there_yet(isolated_settings: Path) -> None:
-    with TestClient(create_app(Settings(data_dir=isolated_settings))) as client:
+def test_root_names_the_app_and_its_untrained_model_plainly(isolated_settings: Path) -> None:
+    with TestClient(create_app(Settings(data_dir=isolated_settings, model_preset="tiny"))) as client:
         body = client.get("/").json()
-    assert body["available"] == ["GET /health"]
-    assert "not built yet" in body["not_yet_available"]
+    assert "/ui/ (clinician web app)" in body["available"]
+    assert body["model"] == "tiny (random weights)"
+    assert "not based on the image" in body["model_caution"]
     assert "not a medical device" in body["medical_device"]
 
 
 def test_health_is_503_when_database_is_lost(isolated_settings: Path, tmp_path: Path) -> None:
-    with TestClient(create_app(Settings(data_dir=isolated_settings))) as client:
+    with TestClient(create_app(Settings(data_dir=isolated_settings, model_preset="tiny"))) as client:
         healthy_engine = client.app.state.engine
         client.app.state.engine = make_engine(f"sqlite:///{tmp_path}/missing/dir/x.db")
         response = client.get("/health")
@@ -37,7 +38,7 @@ def test_health_is_503_when_database_is_lost(isolated_settings: Path, tmp_path: 
 
 
 def test_startup_creates_secret_key(isolated_settings: Path) -> None:
-    with TestClient(create_app(Settings(data_dir=isolated_settings))):
+    with TestClient(create_app(Settings(data_dir=isolated_settings, model_preset="tiny"))):
         pass
     assert (isolated_settings / "secret_key").is_file()
 
@@ -45,7 +46,7 @@ def test_startup_creates_secret_key(isolated_settings: Path) -> None:
 def test_startup_creates_the_audit_tables_and_signing_key(isolated_settings: Path) -> None:
     from sqlalchemy import inspect
 
-    with TestClient(create_app(Settings(data_dir=isolated_settings))) as client:
+    with TestClient(create_app(Settings(data_dir=isolated_settings, model_preset="tiny"))) as client:
         tables = set(inspect(client.app.state.engine).get_table_names())
     assert {"audit_events", "audit_checkpoints", "audit_alembic_version"} <= tables
     assert (isolated_settings / "audit_signing_key.pem").stat().st_mode & 0o077 == 0

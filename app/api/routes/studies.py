@@ -67,7 +67,7 @@ def upload(
     store = request.app.state.studies
     if len(files) > settings.max_upload_files:
         raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            status.HTTP_413_CONTENT_TOO_LARGE,
             f"{len(files)} files, over the limit of {settings.max_upload_files}",
         )
     folder = store.new_upload_dir()

@@ -7,7 +7,6 @@ The draft, the edits and the signed text are all kept, so they can feed retraini
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -130,10 +129,13 @@ class ReportService:
             raise ReportConflict("the report is signed; it can no longer change")
         return report
 
-    def export_conversations(self, out: Path, actor: Actor) -> int:
-        """Signed reports as training conversations ("Describe the findings." about the study's main
-        series, answered with the signed text); returns how many. The export is audited."""
-        from training.conversations import ContentPart, Conversation, Turn, write_conversations
+    def export_conversations(self, actor: Actor) -> str:
+        """Signed reports as training conversations, JSON lines ("Describe the findings." about the middle
+        image of the study's main series, answered with the signed text; image paths are absolute files
+        on this server). The export is audited."""
+        import json
+
+        from training.conversations import ContentPart, Conversation, Turn
 
         with Session(self.engine) as session:
             rows = session.execute(
@@ -167,6 +169,4 @@ class ReportService:
                 studies=sorted({study.study_uid for _, study in rows})[:200],
                 details={"activity": "signed reports exported as conversations", "count": len(conversations)},
             )
-        if conversations:
-            write_conversations(out, conversations)
-        return len(conversations)
+        return "".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in conversations)

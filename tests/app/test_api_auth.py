@@ -42,8 +42,13 @@ def test_unknown_user_and_wrong_password_get_the_same_answer(client: TestClient)
 def _token(client: TestClient, **claims: object) -> dict[str, str]:
     secret = client.app.state.settings.resolve_secret_key().get_secret_value()
     now = datetime.now(UTC)
-    payload = {"sub": "clinician", "role": "clinician", "aud": "omniclinic", "iat": int(now.timestamp()),
-               "exp": now + timedelta(minutes=5)} | claims
+    payload = {
+        "sub": "clinician",
+        "role": "clinician",
+        "aud": "omniclinic",
+        "iat": int(now.timestamp()),
+        "exp": now + timedelta(minutes=5),
+    } | claims
     key = claims.pop("_key", secret) if "_key" in claims else secret
     payload.pop("_key", None)
     return {"Authorization": f"Bearer {jwt.encode(payload, key, algorithm='HS256')}"}
@@ -66,10 +71,10 @@ def test_role_claim_in_a_token_is_not_trusted(client: TestClient) -> None:
 
 
 def test_a_new_password_or_a_disabled_account_ends_existing_logins(client: TestClient) -> None:
+    import time
+
     from app.services.auditing import Actor
     from app.services.users import disable_user, set_password
-
-    import time
 
     headers = login(client, "researcher")
     assert client.get("/api/v1/studies", headers=headers).status_code == 200
@@ -98,8 +103,9 @@ def _protected_routes(client: TestClient) -> list[tuple[str, str, str]]:
         if not isinstance(route, APIRoute) or not route.path.startswith("/api/v1"):
             continue
         permissions = [getattr(d.call, "permission", None) for d in route.dependant.dependencies]
-        permissions += [getattr(sub.call, "permission", None) for d in route.dependant.dependencies
-                        for sub in d.dependencies]
+        permissions += [
+            getattr(sub.call, "permission", None) for d in route.dependant.dependencies for sub in d.dependencies
+        ]
         found = [p for p in permissions if p]
         if route.path in ("/api/v1/auth/token", "/api/v1/auth/me"):
             continue
@@ -127,6 +133,7 @@ def test_every_patient_data_route_checks_a_permission_for_every_role(client: Tes
 
 @pytest.mark.parametrize("header", ["Origin"])
 def test_cors_is_closed_by_default(client: TestClient, header: str) -> None:
-    response = client.options("/api/v1/studies", headers={header: "https://evil.example",
-                                                           "Access-Control-Request-Method": "GET"})
+    response = client.options(
+        "/api/v1/studies", headers={header: "https://evil.example", "Access-Control-Request-Method": "GET"}
+    )
     assert "access-control-allow-origin" not in response.headers

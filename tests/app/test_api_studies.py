@@ -51,8 +51,9 @@ def test_zip_upload_with_path_tricks_in_member_names(client: TestClient, isolate
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("../../../../tmp/evil.dcm", ct_file())
         archive.writestr("/etc/cron.d/x", b"not dicom")
-    response = client.post("/api/v1/studies", files=[("files", ("a.zip", buffer.getvalue()))],
-                           headers=login(client, "clinician"))
+    response = client.post(
+        "/api/v1/studies", files=[("files", ("a.zip", buffer.getvalue()))], headers=login(client, "clinician")
+    )
     assert response.status_code == 201, response.text
     assert len(response.json()["studies"]) == 1 and response.json()["rejected"]
     assert not Path("/tmp/evil.dcm").exists()
@@ -69,8 +70,7 @@ def test_bad_uploads_are_refused_with_a_reason_and_the_server_goes_on(make_clien
     assert broken.status_code == 422 and "nothing usable" in broken.json()["detail"]
     huge = client.post("/api/v1/studies", files=[("files", ("x.dcm", b"\0" * 300_000))], headers=headers)
     assert huge.status_code == 413
-    many = client.post("/api/v1/studies", files=[("files", (f"{i}.dcm", ct_file())) for i in range(3)],
-                       headers=headers)
+    many = client.post("/api/v1/studies", files=[("files", (f"{i}.dcm", ct_file())) for i in range(3)], headers=headers)
     assert many.status_code == 413
     assert client.get("/health").status_code == 200
     assert upload(client, headers)  # and a good upload still works

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
@@ -59,10 +57,7 @@ def study_reports(
 def export_reports(request: Request, actor: Annotated[Actor, Depends(require("reports:export"))]) -> Response:
     """Signed reports as training conversations (JSON lines, the training format; image paths are files on
     this server, for ``omniclinic train`` run here)."""
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder) / "reports.jsonl"
-        count = request.app.state.reports.export_conversations(out, actor)
-        body = out.read_bytes() if count else b""
+    body = request.app.state.reports.export_conversations(actor)
     return Response(
         body,
         media_type="application/x-ndjson",

@@ -16,8 +16,9 @@ export GRADIO_ANALYTICS_ENABLED ?= False
 
 # Debian packages the default path and the tests need, as COMMAND:PACKAGE[,PACKAGE] (the command shows
 # whether it is installed): espeak-ng speaks when Piper is absent; tesseract reads text burned into pixels;
-# g++ builds DeepSpeed's CPU communication op (once, into the torch extensions cache).
-SYSTEM_PACKAGES := espeak-ng:espeak-ng tesseract:tesseract-ocr,tesseract-ocr-eng g++:g++
+# g++ builds DeepSpeed's CPU communication op (once, into the torch extensions cache); ffmpeg encodes the
+# UI's streamed spoken answers (Gradio's streaming audio output needs it).
+SYSTEM_PACKAGES := espeak-ng:espeak-ng tesseract:tesseract-ocr,tesseract-ocr-eng g++:g++ ffmpeg:ffmpeg
 
 .PHONY: install install-dev system serve test lint contracts pytest test-slow bench clean
 

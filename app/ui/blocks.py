@@ -6,6 +6,7 @@ same permissions and the same audit trail apply."""
 from __future__ import annotations
 
 import io
+import itertools
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,21 +124,23 @@ def build_blocks(app: FastAPI, info: Any) -> gr.Blocks:
             events = state.asking.events(
                 study_uid, actor, text=text, audio=audio, conversation_id=conversation, record_start=True
             )
+            first = next(events)  # the question is checked (and a recording transcribed) before it is shown
             history.append({"role": "user", "content": question or "(spoken question)"})
             history.append({"role": "assistant", "content": f"⚠ {caution}\n\n"})
-            yield history, None, conversation, "", None
-            for kind, value in events:
+            yield history, None, conversation, "", None  # the question box and recording are cleared once
+            keep = gr.update()  # and left alone after that: the next question may be typed meanwhile
+            for kind, value in itertools.chain([first], events):
                 if kind == "transcript":
                     history[-2] = {"role": "user", "content": f"🎤 {value}"}
                 elif kind == "delta":
                     history[-1] = {"role": "assistant", "content": history[-1]["content"] + value}
                 elif kind == "speech":
                     samples = np.clip(value.samples * 32767, -32768, 32767).astype(np.int16)
-                    yield history, (value.sample_rate, samples), conversation, "", None
+                    yield history, (value.sample_rate, samples), conversation, keep, keep
                     continue
                 else:
                     conversation = value.conversation_id
-                yield history, None, conversation, "", None
+                yield history, None, conversation, keep, keep
         except Busy as exc:
             raise UIError(f"the model is busy; try again in {exc.retry_after} s") from None
         except UIError:
@@ -205,7 +208,7 @@ def build_blocks(app: FastAPI, info: Any) -> gr.Blocks:
                     label="Question", placeholder="Type a question, or record one", elem_id="question"
                 )
                 recording = gr.Audio(
-                    sources=["microphone", "upload"], type="filepath", label="Ask by voice", elem_id="mic"
+                    sources=["upload", "microphone"], type="filepath", label="Ask by voice", elem_id="mic"
                 )
                 ask_button = gr.Button("Ask", variant="primary", elem_id="ask")
                 spoken = gr.Audio(

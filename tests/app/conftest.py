@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,10 +33,8 @@ def make_client(isolated_settings: Path) -> Iterator[Callable[..., TestClient]]:
         settings = make_settings(isolated_settings, **overrides)
         engine = open_database(settings)
         for role in ROLES:
-            try:
+            with contextlib.suppress(ValueError):  # made by an earlier client of this test
                 add_user(engine, role, role, PASSWORD, Actor("test", "cli"))
-            except ValueError:
-                pass  # made by an earlier client of this test
         engine.dispose()
         client = TestClient(create_app(settings, ui=ui))
         client.__enter__()

@@ -6,7 +6,9 @@ login page at ``/login``; one login (a JWT, as a bearer token or the UI's HttpOn
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,7 +23,8 @@ from app.core.middleware import BodyLimit, RequestContext
 from app.core.privacy import protect_patient_data_in_logs
 from app.core.security import LoginThrottle
 from app.services.assistant import AnswerFailed, Assistant, Busy
-from audit import create_checkpoint, load_or_create_signing_key, unit_of_work
+from app.services.audit_log import checkpoint_if_due, sign_checkpoint
+from audit import load_or_create_signing_key
 
 logger = logging.getLogger("omniclinic")
 
@@ -42,7 +45,8 @@ def create_app(settings: Settings | None = None, *, assistant: Assistant | None 
         settings.resolve_secret_key()  # fail at start, not at the first login, if the key is unusable
         app.state.settings = settings
         app.state.engine = open_database(settings)
-        signing_key = load_or_create_signing_key(settings.audit_key_path)
+        load_or_create_signing_key(settings.audit_key_path)  # fail at start if the key is unusable
+        shutil.rmtree(settings.data_dir / "uploads", ignore_errors=True)  # a crash's leftovers: raw files
         app.state.assistant = assistant or Assistant(settings)
         app.state.studies = StudyStore(settings, app.state.engine)
         app.state.asking = AskService(settings, app.state.engine, app.state.studies, app.state.assistant)
@@ -52,12 +56,17 @@ def create_app(settings: Settings | None = None, *, assistant: Assistant | None 
 
         await run_in_threadpool(app.state.assistant.load)  # the first question does not wait for it
         logger.info("omniclinic %s serving %s", __version__, app.state.assistant.info.name)
+        signer = asyncio.create_task(_sign_checkpoints(app))
         try:
             yield
         finally:
-            with unit_of_work(app.state.engine) as session:  # sign the tree head this run leaves behind
-                create_checkpoint(session=session, signing_key=signing_key)
-            app.state.engine.dispose()
+            signer.cancel()
+            try:
+                sign_checkpoint(app.state.engine, settings)  # the tree head this run leaves behind
+            except Exception as exc:  # a refused checkpoint is verify's to report; shutting down goes on
+                logger.error("the closing audit checkpoint was not signed (%s)", type(exc).__name__)
+            finally:
+                app.state.engine.dispose()
 
     app = FastAPI(title="omniclinic", version=__version__, lifespan=lifespan)
     for router in (
@@ -86,9 +95,41 @@ def create_app(settings: Settings | None = None, *, assistant: Assistant | None 
         from app.ui import mount_ui
 
         mount_ui(app, settings, assistant.info if assistant else describe_model(settings))
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimit, limit_for=body_limits(settings))
     app.add_middleware(RequestContext)  # outermost: every answer, a redirect or a 413 too, gets its headers
     return app
+
+
+CHECKPOINT_POLL_S = 30.0
+SMALL_BODY = 1024 * 1024
+QUESTION_BODY = 100 * 1024 * 1024  # a spoken question: medical_data.audio's own file limit
+
+
+def body_limits(settings: Settings):  # type: ignore[no-untyped-def]
+    """The largest request body each route takes: uploads the settings' cap, spoken questions the
+    audio limit, everything else 1 MiB."""
+
+    def limit_for(method: str, path: str) -> int:
+        if method == "POST" and (path == "/api/v1/studies" or path.startswith("/ui/gradio_api/upload")):
+            return settings.max_upload_bytes
+        if method == "POST" and path.startswith("/api/v1/studies/") and "/ask" in path:
+            return min(QUESTION_BODY, settings.max_upload_bytes)
+        return SMALL_BODY
+
+    return limit_for
+
+
+async def _sign_checkpoints(app: FastAPI) -> None:
+    """Sign audit checkpoints while serving, as often as the settings ask (events or age), so a crash
+    never leaves a long unsigned tail."""
+    from starlette.concurrency import run_in_threadpool
+
+    while True:
+        await asyncio.sleep(CHECKPOINT_POLL_S)
+        try:
+            await run_in_threadpool(checkpoint_if_due, app.state.engine, app.state.settings)
+        except Exception as exc:  # logged and retried: verify reports a log that will not check out
+            logger.error("an audit checkpoint was not signed (%s)", type(exc).__name__)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

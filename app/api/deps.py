@@ -38,7 +38,9 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def actor_from_token(request: Request, token: str | None, state: object | None = None) -> Actor:
+def actor_from_token(
+    request: Request, token: str | None, state: object | None = None, *, cookie: bool = False
+) -> Actor:
     """The user a bearer token (or the UI's session cookie) names, still active. ``state``: the main
     app's state, for requests that reach a mounted sub-app (the UI).
 
@@ -47,7 +49,8 @@ def actor_from_token(request: Request, token: str | None, state: object | None =
     """
     from app.services.users import active_user
 
-    token = token or request.cookies.get(SESSION_COOKIE)
+    if not token and cookie:
+        token = request.cookies.get(SESSION_COOKIE)
     unauthorized = {"WWW-Authenticate": "Bearer"}
     if not token:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "not logged in", headers=unauthorized)
@@ -64,7 +67,9 @@ def actor_from_token(request: Request, token: str | None, state: object | None =
 
 
 def current_actor(request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]) -> Actor:
-    return actor_from_token(request, token)
+    """The API's user: a bearer token; the UI's session cookie for reads only (GET), so that no page on
+    another site can make a logged-in browser change anything (CSRF)."""
+    return actor_from_token(request, token, cookie=request.method in ("GET", "HEAD"))
 
 
 def require(permission: str) -> Callable[..., Actor]:

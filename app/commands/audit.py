@@ -387,64 +387,25 @@ def checkpoint_cmd(
     state = "signed" if checkpoint.new else "unchanged since"
     typer.echo(f"{state} checkpoint: {checkpoint.tree_size} events, root {checkpoint.root_hash}")
     if out is not None:
-        write_witness(out, checkpoint)
+        from omniclinic_common.files import write_atomically
+
+        write_atomically(out, checkpoint.to_json() + "\n")
         typer.echo(f"wrote the checkpoint to {out}: keep it where the database's administrators cannot change it")
 
 
 def sign_checkpoint(engine, settings, next_key=None):  # type: ignore[no-untyped-def]
-    """Sign a checkpoint consistent with the kept one, then keep it in the data folder. Fails closed.
-
-    Returns:
-        The checkpoint (``CheckpointInfo``), or None for an empty log.
-    """
-    from audit import create_checkpoint, load_or_create_signing_key, unit_of_work
-    from audit.checkpoints import CheckpointFileError, CheckpointInfo, CheckpointRefused, SigningKeyError
+    """``app.services.audit_log.sign_checkpoint``, its failures as one line and an exit status."""
+    from app.services.audit_log import sign_checkpoint as sign
+    from audit.checkpoints import CheckpointFileError, CheckpointRefused, SigningKeyError
 
     try:
-        key = load_or_create_signing_key(settings.audit_key_path)
+        return sign(engine, settings, next_key)
     except SigningKeyError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
-    witness = None
-    if settings.audit_witness_path.exists():
-        try:
-            witness = CheckpointInfo.from_json(settings.audit_witness_path.read_text(encoding="utf-8"))
-        except (CheckpointFileError, OSError, UnicodeDecodeError) as exc:
-            raise _fail(f"{settings.audit_witness_path}: {exc}", EXIT_FAILED) from None
-    try:
-        with unit_of_work(engine) as session:
-            checkpoint = create_checkpoint(
-                session=session,
-                signing_key=key,
-                witness=witness,
-                next_key=next_key,
-                retired_keys=_retired_keys(settings),
-            )
+    except (CheckpointFileError, OSError, UnicodeDecodeError) as exc:
+        raise _fail(f"{settings.audit_witness_path}: {exc}", EXIT_FAILED) from None
     except CheckpointRefused as exc:
         raise _fail(f"checkpoint refused: {exc}", EXIT_FAILED) from None
-    if checkpoint is not None and checkpoint.new:
-        write_witness(settings.audit_witness_path, checkpoint)
-    return checkpoint
-
-
-def _retired_keys(settings):  # type: ignore[no-untyped-def]
-    """The public keys ``rotate-key`` retired into the data folder (unreadable ones are skipped)."""
-    from audit import load_public_key
-    from audit.checkpoints import SigningKeyError, retired_public_paths
-
-    keys = []
-    for path in retired_public_paths(settings.audit_key_path):
-        try:
-            keys.append(load_public_key(path))
-        except (SigningKeyError, OSError):
-            continue
-    return keys
-
-
-def write_witness(path: Path, checkpoint) -> None:  # type: ignore[no-untyped-def]
-    """Write a checkpoint file whole or not at all."""
-    from omniclinic_common.files import write_atomically
-
-    write_atomically(path, checkpoint.to_json() + "\n")
 
 
 @audit_cli.command("rotate-key")

@@ -46,19 +46,22 @@ class RequestContext:
 
 
 class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413: by Content-Length before reading, and by
-    counting as it arrives (chunked uploads), without buffering anything itself."""
+    """Refuse request bodies over the route's limit with 413: by Content-Length before reading, and by
+    counting as it arrives (chunked uploads), without buffering anything itself. ``limit_for(method,
+    path)`` gives the limit: large for uploads, small for everything else (a login, a report edit), so
+    nothing is parsed at upload size before a login is checked."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: Any, limit_for: Any) -> None:
+        self.app, self.limit_for = app, limit_for
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.limit_for(scope.get("method", ""), scope.get("path", ""))
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await self._too_large(send, max_bytes)
             return
         received = 0
         refused = False
@@ -69,7 +72,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     refused = True
                     return {"type": "http.disconnect"}
             return message
@@ -87,10 +90,11 @@ class BodyLimit:
             if not refused:
                 raise
         if refused and not started:
-            await self._too_large(send)
+            await self._too_large(send, max_bytes)
 
-    async def _too_large(self, send: Any) -> None:
-        body = json.dumps({"detail": f"the request is larger than the {self.max_bytes} byte limit"}).encode()
+    @staticmethod
+    async def _too_large(send: Any, max_bytes: int) -> None:
+        body = json.dumps({"detail": f"the request is larger than the {max_bytes} byte limit"}).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -115,17 +115,26 @@ class LoginThrottle:
     def retry_after(self, username: str, address: str) -> float:
         """Seconds until another try is allowed (0: allowed now)."""
         now = time.monotonic()
+        key = (username.lower()[:64], address)
         with self._lock:
-            failures = self._recent((username.lower(), address), now)
+            if key not in self._failures:
+                return 0.0
+            failures = self._recent(key, now)
+            if not failures:
+                del self._failures[key]  # nothing left to remember: the table holds recent failures only
+                return 0.0
             if len(failures) < self.attempts:
                 return 0.0
             return max(0.0, failures[0] + self.window_s - now)
 
     def failed(self, username: str, address: str) -> None:
         with self._lock:
-            key = (username.lower(), address)
-            self._recent(key, time.monotonic()).append(time.monotonic())
+            now = time.monotonic()
+            if len(self._failures) > 100_000:  # a flood of names: forget the stale ones
+                for stale in [k for k, v in self._failures.items() if not v or v[-1] <= now - self.window_s]:
+                    del self._failures[stale]
+            self._recent((username.lower()[:64], address), now).append(now)
 
     def succeeded(self, username: str, address: str) -> None:
         with self._lock:
-            self._failures.pop((username.lower(), address), None)
+            self._failures.pop((username.lower()[:64], address), None)

@@ -9,10 +9,12 @@ work that stores the turn, before anything is returned (fail closed).
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import Engine, func, select
@@ -27,6 +29,7 @@ from app.services.studies import StudyNotFound, StudyStore
 from audit import Action, ModelCall, sha256_hex, unit_of_work
 
 MAX_QUESTION_CHARS = 2000
+T = TypeVar("T")
 
 
 class AskRejected(ValueError):
@@ -116,6 +119,35 @@ def model_call(info: ModelInfo, prompt: str, image: Any, audio: bytes | None, an
         audio_sha256=sha256_hex(audio) if audio else "",
         output_sha256=sha256_hex(answer) if answer is not None else "",
     )
+
+
+def in_background(events: Iterator[T]) -> Iterator[T]:
+    """Run ``events`` to its end on a thread of its own, whatever the reader does.
+
+    A streamed answer is read as fast as the client's socket drains; a client that stops reading
+    would otherwise hold the model's only slot. Here generation goes on (bounded by the answer's
+    token and time limits), the turn is stored and audited, and the slot is released; the reader gets
+    the items, or the error, in order.
+    """
+    items: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+
+    def produce() -> None:
+        try:
+            for item in events:
+                items.put((True, item))
+            items.put((False, None))
+        except BaseException as exc:  # handed to the reader, who raises it
+            items.put((False, exc))
+
+    threading.Thread(target=produce, name="omniclinic-answer", daemon=True).start()
+    while True:
+        more, value = items.get()
+        if more:
+            yield value
+        elif value is None:
+            return
+        else:
+            raise value
 
 
 class AskService:

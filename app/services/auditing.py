@@ -11,6 +11,9 @@ from sqlalchemy.orm import Session
 
 from audit import Action, Agent, Entity, ModelCall, Outcome, Source, record
 
+AUDIT_CHUNK = 200
+"""Studies named in one audit event."""
+
 
 @dataclass(frozen=True)
 class Actor:
@@ -43,15 +46,18 @@ def record_access(
     outcome: Outcome = Outcome.SUCCESS,
     details: ModelCall | dict[str, object] | None = None,
 ) -> None:
-    """Record one event in ``session``'s unit of work: it commits with the data it covers, or neither does."""
-    record(
-        session=session,
-        action=action,
-        type_code=type_code,
-        agent=actor.agent(),
-        source=actor.source(),
-        entities=[*(Entity("study", uid) for uid in studies), *entities],
-        outcome=outcome,
-        request_id=actor.request_id[:64],
-        details=details,
-    )
+    """Record the access in ``session``'s unit of work: it commits with the data it covers, or neither
+    does. Every study is named: a long list is recorded as several events of ``AUDIT_CHUNK`` studies."""
+    chunks = [list(studies[start : start + AUDIT_CHUNK]) for start in range(0, len(studies), AUDIT_CHUNK)] or [[]]
+    for chunk in chunks:
+        record(
+            session=session,
+            action=action,
+            type_code=type_code,
+            agent=actor.agent(),
+            source=actor.source(),
+            entities=[*(Entity("study", uid) for uid in chunk), *entities],
+            outcome=outcome,
+            request_id=actor.request_id[:64],
+            details=details,
+        )

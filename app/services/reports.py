@@ -166,7 +166,7 @@ class ReportService:
                 actor,
                 action=Action.READ,
                 type_code="110106",
-                studies=sorted({study.study_uid for _, study in rows})[:200],
+                studies=sorted({study.study_uid for _, study in rows}),
                 details={"activity": "signed reports exported as conversations", "count": len(conversations)},
             )
         return "".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in conversations)

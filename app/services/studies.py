@@ -32,6 +32,10 @@ from medical_data.errors import MedicalDataError
 UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 DICOM_MAGIC_OFFSET = 128
 VOLUME_CACHE = 4
+INFLATION_BUDGET = 4
+"""The zips of one upload may inflate to this many times the upload size limit, all together."""
+DISK_RESERVE = 1024**3
+"""Room left on the data folder's disk after the largest upload: the audit log must always be writable."""
 
 
 class StudyNotFound(LookupError):
@@ -89,8 +93,14 @@ class StudyStore:
             shutil.rmtree(upload_dir, ignore_errors=True)
 
     def _import(self, upload_dir: Path, actor: Actor) -> ImportResult:
+        # one budget for the whole upload, shared by its zips: members and inflated bytes
+        zips = max(1, len(list((upload_dir / "files").glob("*.zip"))))
+        budget = INFLATION_BUDGET * self.settings.max_upload_bytes
+        free = shutil.disk_usage(self.settings.data_dir).free
+        if free < budget + DISK_RESERVE:
+            raise UploadRejected(507, "the server's disk is too full to take this upload; tell the administrator")
         limits = ArchiveLimits(
-            max_members=self.settings.max_upload_files, max_total_bytes=8 * self.settings.max_upload_bytes
+            max_members=max(1, self.settings.max_upload_files // zips), max_total_bytes=max(1, budget // zips)
         )
         found = scan([upload_dir / "files"], extract_dir=upload_dir / "extracted", archive_limits=limits)
         result = ImportResult(rejected=[_anonymous(r, upload_dir) for r in found.rejected])
@@ -106,7 +116,7 @@ class StudyStore:
             if not valid_uid(study_uid):
                 result.rejected.append(Rejection("study", "invalid_uid", "the Study Instance UID is not a UID"))
                 continue
-            placed.append(self._place(study_uid, study_ref, result))
+            placed.append(self._place(study_uid, study_ref, result, actor))
         if not placed:
             reasons = sorted({r.reason for r in result.rejected}) or ["no DICOM files"]
             raise UploadRejected(422, "nothing usable in the upload: " + "; ".join(reasons[:5]))
@@ -156,13 +166,16 @@ class StudyStore:
                         result.rejected.append(Rejection("file", outcome.code or outcome.status, outcome.reason))
         return scan([out_dir], extract_dir=out_dir / ".x") if out_dir.exists() else ScanResult()
 
-    def _place(self, study_uid: str, study_ref: Any, result: ImportResult) -> tuple[Study, bool, Path]:
+    def _place(self, study_uid: str, study_ref: Any, result: ImportResult, actor: Actor) -> tuple[Study, bool, Path]:
         with Session(self.engine) as session:
             existing = session.get(Study, study_uid)
             if existing is not None:
                 session.expunge(existing)
         study = existing or Study(
-            study_uid=study_uid, folder=uuid.uuid4().hex, uploaded_by="", deidentified=self.settings.deid_on_upload
+            study_uid=study_uid,
+            folder=uuid.uuid4().hex,
+            uploaded_by=actor.username,
+            deidentified=self.settings.deid_on_upload,
         )
         folder = self.settings.studies_dir / study.folder
         for series_uid, series in study_ref.series.items():
@@ -182,8 +195,6 @@ class StudyStore:
         study.description = (refs.study_description if refs else "")[:256]
         study.series_count = len(series_list)
         study.instance_count = sum(len(s.instances) for s in series_list)
-        if existing is None:
-            study.uploaded_by = ""
         with self._lock:  # its volumes may have gained slices
             for key in [k for k in self._volumes if k[0] == study_uid]:
                 del self._volumes[key]
@@ -198,7 +209,7 @@ class StudyStore:
             studies = list(session.scalars(select(Study).order_by(Study.uploaded.desc())))
             session.expunge_all()
             record_access(
-                session, actor, action=Action.READ, type_code="110112", studies=[s.study_uid for s in studies][:200]
+                session, actor, action=Action.READ, type_code="110112", studies=[s.study_uid for s in studies]
             )
         return studies
 

@@ -87,16 +87,22 @@ def _existing(session, username: str) -> User:  # type: ignore[no-untyped-def]
 
 def authenticate(engine: Engine, username: str, password: str, actor: Actor) -> User | None:
     """The active user these credentials name, or None; either way the attempt is audited
-    (user authentication, outcome success or minor failure), and a failure says nothing of why."""
+    (user authentication, outcome success or minor failure), and a failure says nothing of why.
+
+    The password is checked (argon2: deliberately slow) before the audit's write lock is taken."""
+    valid_name = bool(USERNAME.match(username))
+    with Session(engine) as session:
+        user = session.scalar(select(User).where(User.username == username)) if valid_name else None
+        if user is not None:
+            session.expunge(user)
+    ok = verify_password(user.password_hash if user else None, password) and user is not None and not user.disabled
+    who = Actor(
+        username if valid_name else "(invalid user name)",
+        user.role if ok and user else "",
+        actor.address,
+        actor.request_id,
+    )
     with unit_of_work(engine) as session:
-        user = session.scalar(select(User).where(User.username == username)) if USERNAME.match(username) else None
-        ok = verify_password(user.password_hash if user else None, password) and user is not None and not user.disabled
-        who = Actor(
-            username[:64] if USERNAME.match(username) else "(invalid user name)",
-            user.role if ok else "",
-            actor.address,
-            actor.request_id,
-        )
         record_access(
             session,
             who,
@@ -105,10 +111,7 @@ def authenticate(engine: Engine, username: str, password: str, actor: Actor) -> 
             outcome=Outcome.SUCCESS if ok else Outcome.MINOR_FAILURE,
             details={"activity": "login"},
         )
-        if not ok:
-            return None
-        session.expunge(user)
-        return user
+    return user if ok else None
 
 
 def active_user(engine: Engine, username: str, issued_at: float) -> User | None:

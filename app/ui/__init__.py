@@ -7,18 +7,35 @@ from its own cache only (no ``allowed_paths``), sends no analytics, and never ma
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 
 from app.core.config import Settings
 
+UI_CACHE = "ui-cache"
+PATIENT_DATA_PREFIXES = (
+    "/ui/gradio_api/file=",
+    "/ui/gradio_api/stream/",
+    "/ui/gradio_api/process_recording",
+    "/ui/gradio_api/upload",
+)
+
 
 def mount_ui(app: FastAPI, settings: Settings, info: Any) -> None:
+    """Mount the UI. Gradio's file cache (uploads, recordings, rendered slices, spoken answers: patient
+    data) lives in the data folder (0700), is emptied of files older than ten minutes, and is served
+    only to a logged-in user whose role reads studies."""
+    cache = settings.data_dir / UI_CACHE
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(cache)  # read when the Blocks are built, below
+
     import gradio as gr
 
     from app.api.deps import actor_from_token
+    from app.core.security import allowed
     from app.ui.blocks import CSS, build_blocks
     from app.ui.login import router
 
@@ -26,30 +43,43 @@ def mount_ui(app: FastAPI, settings: Settings, info: Any) -> None:
 
     def logged_in_user(request: Request) -> str | None:
         try:
-            return actor_from_token(request, None, app.state).username
+            return actor_from_token(request, None, app.state, cookie=True).username
         except HTTPException:
             return None
 
+    def reader(request: Request) -> bool:
+        try:
+            return allowed(actor_from_token(request, None, app.state, cookie=True).role, "studies:read")
+        except HTTPException:
+            return False
+
     @app.middleware("http")
     async def login_first(request: Request, call_next: Any) -> Any:
-        """The UI's page itself sends a browser without a valid login to the login page."""
+        """The UI's page sends a browser without a valid login to the login page; Gradio's routes that
+        carry patient data (uploads, files, streamed audio, recordings) answer only a logged-in user
+        whose role reads studies."""
+        from starlette.concurrency import run_in_threadpool
+
+        path = request.url.path
+        if path.startswith(PATIENT_DATA_PREFIXES) and not await run_in_threadpool(reader, request):
+            return JSONResponse({"detail": "not logged in, or the role may not read studies"}, status_code=401)
         if (
             request.method == "GET"
-            and request.url.path in ("/", "/ui", "/ui/")
+            and path in ("/", "/ui", "/ui/")
             and "text/html" in request.headers.get("accept", "")
         ):
-            from starlette.concurrency import run_in_threadpool
-
             user = await run_in_threadpool(logged_in_user, request)
             if user is None:
                 return RedirectResponse("/login", status_code=303)
-            if request.url.path == "/":
+            if path == "/":
                 return RedirectResponse("/ui/", status_code=303)
         return await call_next(request)
 
+    blocks = build_blocks(app, info)
+    blocks.queue(max_size=4 * (settings.queue_depth + 1))  # beyond it the UI says busy, as the API's 503
     gr.mount_gradio_app(
         app,
-        build_blocks(app, info),
+        blocks,
         path="/ui",
         auth_dependency=logged_in_user,
         allowed_paths=[],
@@ -58,5 +88,7 @@ def mount_ui(app: FastAPI, settings: Settings, info: Any) -> None:
         footer_links=[],
         ssr_mode=False,
         mcp_server=False,
+        run_history=False,  # no questions, answers or images kept in the browser of a shared workstation
+        enable_monitoring=False,
         css=CSS,
     )

@@ -31,7 +31,7 @@ class UIError(gr.Error):
 def _actor(app: FastAPI, request: gr.Request, permission: str) -> Actor:
     raw = getattr(request, "request", None) or request
     try:
-        actor = actor_from_token(raw, None, app.state)  # the session cookie
+        actor = actor_from_token(raw, None, app.state, cookie=True)  # the session cookie
     except HTTPException as exc:
         raise UIError(f"{exc.detail}: reload the page to log in") from None
     if not allowed(actor.role, permission):
@@ -46,6 +46,7 @@ def _friendly(exc: Exception) -> UIError:
 
 
 def build_blocks(app: FastAPI, info: Any) -> gr.Blocks:
+    from app.services.asking import in_background
     from app.services.assistant import Busy
 
     state = app.state
@@ -121,8 +122,10 @@ def build_blocks(app: FastAPI, info: Any) -> gr.Blocks:
         history = [*history]
         caution = state.assistant.info.caution
         try:
-            events = state.asking.events(
-                study_uid, actor, text=text, audio=audio, conversation_id=conversation, record_start=True
+            events = in_background(
+                state.asking.events(
+                    study_uid, actor, text=text, audio=audio, conversation_id=conversation, record_start=True
+                )
             )
             first = next(events)  # the question is checked (and a recording transcribed) before it is shown
             history.append({"role": "user", "content": question or "(spoken question)"})
@@ -181,7 +184,7 @@ def build_blocks(app: FastAPI, info: Any) -> gr.Blocks:
             raise _friendly(exc) from None
         return f"signed by {signed.signed_by}; the report is final"
 
-    with gr.Blocks(title="omniclinic", analytics_enabled=False) as blocks:
+    with gr.Blocks(title="omniclinic", analytics_enabled=False, delete_cache=(600, 600)) as blocks:
         gr.Markdown(info_text(info), elem_id="banner")
         conversation = gr.State(None)
         report_id = gr.State(None)
@@ -234,8 +237,9 @@ def build_blocks(app: FastAPI, info: Any) -> gr.Blocks:
         window.change(show, [study, slider, window], [viewer, slider])
         ask_inputs = [question, recording, chat, conversation, study]
         ask_outputs = [chat, spoken, conversation, question, recording]
-        ask_button.click(ask, ask_inputs, ask_outputs)
-        question.submit(ask, ask_inputs, ask_outputs)
+        # a question asked while the last answer is still being spoken is taken, not dropped
+        ask_button.click(ask, ask_inputs, ask_outputs, trigger_mode="multiple")
+        question.submit(ask, ask_inputs, ask_outputs, trigger_mode="multiple")
         draft_button.click(draft, study, [report_text, report_id, report_status])
         save_button.click(save, [report_id, report_text], report_status)
         sign_button.click(sign, [report_id, report_text], report_status)

@@ -16,7 +16,8 @@ ROLES = ("clinician", "researcher", "auditor", "admin")
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
-    return Settings(data_dir=data_dir, model_preset="tiny", max_new_tokens=12, tts_engine="auto", **overrides)
+    values: dict[str, object] = {"model_preset": "tiny", "max_new_tokens": 12, "tts_engine": "auto"} | overrides
+    return Settings(data_dir=data_dir, **values)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel
 
 from app.api.deps import require
-from app.services.asking import AskResult
+from app.services.asking import AskResult, in_background
 from app.services.auditing import Actor
 
 router = APIRouter(prefix="/api/v1", tags=["ask"])
@@ -55,8 +55,8 @@ def _question(
 def ask(
     study_uid: str,
     request: Request,
+    actor: Annotated[Actor, Depends(require("ask"))],  # first: nothing is read for a stranger
     question: Annotated[dict[str, Any], Depends(_question)],
-    actor: Annotated[Actor, Depends(require("ask"))],
 ) -> AnswerPublic:
     """Answer a typed (``text``) or spoken (``audio``) question; ``conversation_id`` continues a conversation."""
     result: AskResult = request.app.state.asking.ask(study_uid, actor, **question)
@@ -75,14 +75,14 @@ def _sse(event: str, data: dict[str, object]) -> str:
 def ask_stream(
     study_uid: str,
     request: Request,
+    actor: Annotated[Actor, Depends(require("ask"))],  # first: nothing is read for a stranger
     question: Annotated[dict[str, Any], Depends(_question)],
-    actor: Annotated[Actor, Depends(require("ask"))],
 ) -> StreamingResponse:
     """Server-sent events: ``transcript``, ``delta`` (text), ``audio`` (a spoken sentence, base64 WAV),
     then ``done`` (the stored answer) or ``error``."""
     from omni_core.speech.encode import wav_bytes
 
-    events = request.app.state.asking.events(study_uid, actor, record_start=True, **question)
+    events = in_background(request.app.state.asking.events(study_uid, actor, record_start=True, **question))
     # the checks, the transcript, the queue and the start of the model call happen before the response
     # starts, so their errors are HTTP statuses (422, 503 with Retry-After ...), not events
     head = [next(events)]

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
@@ -87,12 +87,19 @@ def events(
 def verify(request: Request, actor: Annotated[Actor, Depends(require("audit:read"))]) -> VerifyPublic:
     """Recompute every hash, link, Merkle root and signature, and prove the kept checkpoint is in the log."""
     from app.services.audit_log import first_signing_key, witness
+    from audit.checkpoints import CheckpointFileError, SigningKeyError
 
     _log_used(request, actor, "verify")
     settings = request.app.state.settings
     engine = request.app.state.engine
+    try:
+        key, kept = first_signing_key(engine, settings), witness(settings)
+    except (SigningKeyError, CheckpointFileError, OSError, UnicodeDecodeError) as exc:
+        raise HTTPException(
+            503, f"the audit keys or the kept checkpoint cannot be read ({type(exc).__name__})"
+        ) from None
     with Session(engine) as session:
-        report = verify_log(session=session, public_key=first_signing_key(engine, settings), witness=witness(settings))
+        report = verify_log(session=session, public_key=key, witness=kept)
     failure = report.first_failure
     return VerifyPublic(
         ok=report.ok,

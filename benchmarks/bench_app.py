@@ -113,8 +113,6 @@ def main() -> None:
     for thread in threads:
         thread.join()
 
-    g = app.state.assistant.gate
-    print("DEBUG", refused, len(loaded), g._admitted, g._slot._value, client.post(ask, data={"text": "x"}).status_code)
     voice, to_caution, to_answer_audio = [], [], []
     for _ in range(5):
         started = time.perf_counter()

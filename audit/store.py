@@ -86,11 +86,16 @@ def schema_is_current(engine: Engine) -> bool:
 
 def upgrade_database(engine: Engine) -> None:
     """Create or migrate the audit tables to the latest revision (Alembic, own version table)."""
+    run_migrations(engine, str(files("audit").joinpath("migrations")))
+
+
+def run_migrations(engine: Engine, script_location: str) -> None:
+    """Upgrade to head the Alembic history at ``script_location`` (its env names its version table)."""
     from alembic import command
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(files("audit").joinpath("migrations")))
+    config.set_main_option("script_location", script_location)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

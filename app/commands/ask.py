@@ -28,9 +28,9 @@ def ask(
     from app.core.db import DatabaseUnavailable, open_database
     from app.services.asking import AskRejected, checked_question, model_call, transcribe_question, wav_of
     from app.services.assistant import AnswerFailed, Assistant, Delta
-    from app.services.auditing import Actor, record_access
+    from app.services.auditing import Actor, record_model_call
     from app.services.studies import StudyStore, main_series
-    from audit import Action, unit_of_work
+    from audit import unit_of_work
     from medical_data.discovery import scan
     from medical_data.errors import MedicalDataError
     from omniclinic_common.files import write_atomically
@@ -70,14 +70,7 @@ def ask(
     answer = "".join(piece.text for piece in pieces if isinstance(piece, Delta)).strip()
     speech = [piece for piece in pieces if not isinstance(piece, Delta)]
     with unit_of_work(engine) as session:  # recorded before the answer is shown (fail closed)
-        record_access(
-            session,
-            actor,
-            action=Action.EXECUTE,
-            type_code="110103",
-            studies=[study_uid],
-            details=model_call(assistant.info, question, image, audio_bytes, answer),
-        )
+        record_model_call(session, actor, study_uid, model_call(assistant.info, question, image, audio_bytes, answer))
     if speak is not None and speech:
         write_atomically(speak, wav_of(speech))
     if as_json:

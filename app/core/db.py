@@ -11,7 +11,7 @@ from importlib.resources import files
 from sqlalchemy import Engine, text
 
 from app.core.config import Settings
-from audit.store import create_audit_engine, upgrade_database
+from audit.store import create_audit_engine, run_migrations, upgrade_database
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -25,14 +25,7 @@ def make_engine(database_url: str) -> Engine:
 
 def upgrade_app_tables(engine: Engine) -> None:
     """Create or migrate the app's tables to the latest revision (Alembic, own version table)."""
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(files("app").joinpath("migrations")))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    run_migrations(engine, str(files("app").joinpath("migrations")))
 
 
 def open_database(settings: Settings) -> Engine:

@@ -24,7 +24,7 @@ from app import __version__
 from app.core.config import Settings
 from app.models import Conversation, Turn
 from app.services.assistant import Assistant, Delta, ModelInfo, Speech
-from app.services.auditing import Actor, record_access
+from app.services.auditing import Actor, record_access, record_model_call
 from app.services.studies import StudyNotFound, StudyStore
 from audit import Action, ModelCall, sha256_hex, unit_of_work
 
@@ -204,13 +204,11 @@ class AskService:
         prompt = "\n".join([*(f"{q}\n{a}" for q, a in history), question])
         if record_start:
             with unit_of_work(self.engine) as session:
-                record_access(
+                record_model_call(
                     session,
                     actor,
-                    action=Action.EXECUTE,
-                    type_code="110103",
-                    studies=[study_uid],
-                    details=model_call(info, prompt, image, audio, None).as_details() | {"stage": "start"},
+                    study_uid,
+                    model_call(info, prompt, image, audio, None).as_details() | {"stage": "start"},
                 )
         if transcript is not None:
             yield "transcript", transcript
@@ -281,9 +279,7 @@ class AskService:
                         has_audio=bool(speech),
                     )
                 )
-                record_access(
-                    session, actor, action=Action.EXECUTE, type_code="110103", studies=[study_uid], details=call
-                )
+                record_model_call(session, actor, study_uid, call)
         except BaseException:
             audio_path.unlink(missing_ok=True)
             raise

@@ -61,3 +61,9 @@ def record_access(
             request_id=actor.request_id[:64],
             details=details,
         )
+
+
+def record_model_call(session: Session, actor: Actor, study_uid: str, details: ModelCall | dict[str, object]) -> None:
+    """A question about a study answered by the model (DICOM "instances accessed", action execute),
+    with the call as hashes."""
+    record_access(session, actor, action=Action.EXECUTE, type_code="110103", studies=[study_uid], details=details)

@@ -94,7 +94,12 @@ class Settings(BaseSettings):
     )
     login_window_s: float = Field(default=300.0, gt=0, le=86_400, description="The window failed logins count in.")
     max_upload_bytes: int = Field(default=1024**3, ge=1, description="Largest upload (all files of one request).")
-    max_upload_files: int = Field(default=2000, ge=1, description="Most files in one upload (zip members count).")
+    max_upload_files: int = Field(
+        default=1000,
+        ge=1,
+        le=1000,
+        description="Most files in one upload (zip members count; multipart's own cap is 1000).",
+    )
     deid_on_upload: bool = Field(default=True, description="De-identify studies as they are uploaded.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API (none).")
     cookie_secure: bool = Field(default=False, description="Send the login cookie over HTTPS only (behind TLS).")

@@ -70,7 +70,7 @@ def create_token(username: str, role: str, secret: str, minutes: int) -> str:
         "sub": username,
         "role": role,
         "aud": AUDIENCE,
-        "iat": int(issued.timestamp()),
+        "iat": issued.timestamp(),  # to the microsecond: a credential change a moment later ends it
         "exp": issued + timedelta(minutes=minutes),
     }
     return jwt.encode(claims, secret, algorithm=ALGORITHM)

@@ -186,6 +186,9 @@ class StudyStore:
                     )
                     continue
                 target = folder / series_uid / f"{instance.sop_instance_uid}.dcm"
+                if target.exists():  # a stored instance is never replaced by an upload
+                    result.rejected.append(Rejection("file", "duplicate", "that instance is stored already"))
+                    continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(instance.path, target)
         stored = self.scan_folder(folder)

@@ -118,7 +118,7 @@ def active_user(engine: Engine, username: str, issued_at: float) -> User | None:
     """The user a token names, if still active and the token postdates their last credential change."""
     with Session(engine) as session:
         user = session.scalar(select(User).where(User.username == username))
-        if user is None or user.disabled or issued_at < int(user.credentials_changed.timestamp()):
+        if user is None or user.disabled or issued_at < user.credentials_changed.timestamp():
             return None
         session.expunge(user)
         return user

@@ -64,16 +64,22 @@ def build_blocks(app: FastAPI, info: Any) -> gr.Blocks:
         actor = _actor(app, request, "studies:upload")
         if not files:
             raise UIError("choose DICOM files or a zip first")
+        if len(files) > state.settings.max_upload_files:
+            raise UIError(f"{len(files)} files, over the limit of {state.settings.max_upload_files}")
         folder = state.studies.new_upload_dir()
         target = folder / "files"
         target.mkdir()
-        for index, name in enumerate(files):
-            with open(name, "rb") as handle:
-                kind = upload_kind(handle.read(132))
-            if kind is None:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise UIError(f"file {index + 1} is neither DICOM nor a zip")
-            shutil.copyfile(name, target / f"{index:06d}.{kind}")
+        try:
+            for index, name in enumerate(files):
+                with open(name, "rb") as handle:
+                    kind = upload_kind(handle.read(132))
+                if kind is None:
+                    raise UIError(f"file {index + 1} is neither DICOM nor a zip")
+                shutil.copyfile(name, target / f"{index:06d}.{kind}")
+                Path(name).unlink(missing_ok=True)  # Gradio's copy: patient data, kept no longer than needed
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         try:
             result = state.studies.import_upload(folder, actor)
         except UploadRejected as exc:

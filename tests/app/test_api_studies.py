@@ -83,3 +83,14 @@ def test_only_admin_deletes_and_delete_removes_the_files(client: TestClient, iso
     assert client.get(f"/api/v1/studies/{uid}", headers=login(client, "clinician")).status_code == 404
     assert not list((isolated_settings / "studies").rglob("*.dcm"))
     assert any(e["type_code"] == "110105" for e in audit_events(client))
+
+
+def test_an_upload_never_replaces_a_stored_instance(client: TestClient, isolated_settings: Path) -> None:
+    headers = login(client, "clinician")
+    uid = upload(client, headers)
+    stored = next((isolated_settings / "studies").rglob("*.dcm"))
+    before = stored.read_bytes()
+    again = client.post("/api/v1/studies", files=[("files", ("again.dcm", ct_file()))], headers=headers)
+    assert again.status_code == 201 and again.json()["rejected"][0]["code"] == "duplicate"
+    assert stored.read_bytes() == before
+    assert client.get("/api/v1/studies", headers=headers).json()[0]["study_uid"] == uid

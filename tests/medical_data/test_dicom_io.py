@@ -125,7 +125,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path, monkeypatch: pyt
     destination = tmp_path / "out" / "image.dcm"
 
     def explode(self: Dataset, *args: object, **kwargs: object) -> None:
-        args[0].write(b"half a file")  # type: ignore[union-attr]
+        Path(args[0]).write_bytes(b"half a file")  # type: ignore[arg-type]
         raise OSError("disk full")
 
     monkeypatch.setattr(Dataset, "save_as", explode)

@@ -41,6 +41,7 @@ def serve(
 
     settings = current_settings(host=host, port=port)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations report themselves only when they fail
     try:
         settings.resolve_secret_key()
         open_database(settings).dispose()  # no audit trail, no service: stop here if it cannot be kept

@@ -46,7 +46,7 @@ def _token(client: TestClient, **claims: object) -> dict[str, str]:
         "sub": "clinician",
         "role": "clinician",
         "aud": "omniclinic",
-        "iat": int(now.timestamp()),
+        "iat": now.timestamp(),  # as the app issues them: to the microsecond
         "exp": now + timedelta(minutes=5),
     } | claims
     key = claims.pop("_key", secret) if "_key" in claims else secret

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from app.commands.common import EXIT_FAILED, EXIT_USAGE, current_settings, fail
+from app.commands.common import EXIT_FAILED, EXIT_USAGE, current_settings, fail, open_app_database
 
 
 def ask(
@@ -24,8 +24,6 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print answer, transcript and model as JSON.")] = False,
 ) -> None:
     """Ask the configured model a question about a study; print the answer (and say it with --speak)."""
-    from app.core.config import SettingsError
-    from app.core.db import DatabaseUnavailable, open_database
     from app.services.asking import AskRejected, checked_question, model_call, transcribe_question, wav_of
     from app.services.assistant import AnswerFailed, Assistant, Delta
     from app.services.auditing import Actor, record_model_call
@@ -40,10 +38,7 @@ def ask(
     if speak is not None and speak.suffix.lower() != ".wav":
         raise fail("--speak writes a .wav file", EXIT_USAGE)
     settings = current_settings()
-    try:
-        engine = open_database(settings)
-    except (SettingsError, DatabaseUnavailable) as exc:
-        raise fail(str(exc), EXIT_FAILED) from None
+    engine = open_app_database(settings)
     assistant = Assistant(settings)
     actor = Actor.at_command_line()
     with tempfile.TemporaryDirectory() as scratch:

@@ -36,17 +36,13 @@ def audit_engine(*, migrate: bool = True):  # type: ignore[no-untyped-def]
     """
     from sqlalchemy.engine import make_url
 
-    from app.commands.common import current_settings
-    from app.core.config import SettingsError
-    from app.core.db import make_engine, open_database
+    from app.commands.common import current_settings, open_app_database
+    from app.core.db import make_engine
     from audit.store import schema_is_current
 
-    try:
-        settings = current_settings()
-        if migrate:
-            return open_database(settings)
-    except SettingsError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
+    settings = current_settings()
+    if migrate:
+        return open_app_database(settings)
     url = make_url(settings.database_url.get_secret_value())
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
         raise _fail("there is no audit log yet: no database file (nothing was recorded)", EXIT_FAILED)

@@ -30,3 +30,16 @@ def current_settings(**overrides: object) -> Settings:
         errors = exc.errors() if hasattr(exc, "errors") else None
         raise fail(f"invalid option: {errors[0]['msg'] if errors else exc}", EXIT_USAGE) from None
     return settings
+
+
+def open_app_database(settings: Settings | None = None):  # type: ignore[no-untyped-def]
+    """``app.core.db.open_database`` for a command: settings problems exit 2, an unreachable or
+    unmigratable database exits 1, each as one line."""
+    from app.core.db import DatabaseUnavailable, open_database
+
+    try:
+        return open_database(settings or current_settings())
+    except SettingsError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    except DatabaseUnavailable as exc:
+        raise fail(str(exc), EXIT_FAILED) from None

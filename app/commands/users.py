@@ -7,21 +7,11 @@ from typing import Annotated
 
 import typer
 
-from app.commands.common import EXIT_FAILED, EXIT_USAGE, current_settings, fail
+from app.commands.common import EXIT_USAGE, fail, open_app_database
 
 users_cli = typer.Typer(
     name="users", help="Manage the accounts that log in to the web app and the API.", no_args_is_help=True
 )
-
-
-def _engine():  # type: ignore[no-untyped-def]
-    from app.core.config import SettingsError
-    from app.core.db import DatabaseUnavailable, open_database
-
-    try:
-        return open_database(current_settings())
-    except (SettingsError, DatabaseUnavailable) as exc:
-        raise fail(str(exc), EXIT_FAILED) from None
 
 
 def _password(confirm: bool) -> str:
@@ -54,7 +44,7 @@ def add(
     from app.services.users import add_user
 
     password = _password(confirm=True)
-    engine = _engine()
+    engine = open_app_database()
     _run(lambda: add_user(engine, name, role, password, Actor.at_command_line()))
     typer.echo(f"added {name} ({role})")
 
@@ -66,7 +56,7 @@ def passwd(name: Annotated[str, typer.Argument(help="User name.")]) -> None:
     from app.services.users import set_password
 
     password = _password(confirm=True)
-    engine = _engine()
+    engine = open_app_database()
     _run(lambda: set_password(engine, name, password, Actor.at_command_line()))
     typer.echo(f"password changed for {name}")
 
@@ -77,7 +67,7 @@ def disable(name: Annotated[str, typer.Argument(help="User name.")]) -> None:
     from app.services.auditing import Actor
     from app.services.users import disable_user
 
-    engine = _engine()
+    engine = open_app_database()
     _run(lambda: disable_user(engine, name, Actor.at_command_line()))
     typer.echo(f"disabled {name}")
 
@@ -87,5 +77,5 @@ def list_cmd() -> None:
     """List user names, roles and whether they are disabled."""
     from app.services.users import list_users
 
-    for name, role, disabled in list_users(_engine()):
+    for name, role, disabled in list_users(open_app_database()):
         typer.echo("\t".join([name, role, *(["disabled"] if disabled else [])]))

@@ -69,9 +69,20 @@ def wav_of(pieces: Sequence[Speech]) -> bytes:
     return wav_bytes(np.concatenate([piece.samples for piece in pieces]), rate)
 
 
+IMAGE_HASH_KEY = "omniclinic_sha256"
+
+
 def image_sha256(image: Any) -> str:
+    """SHA-256 of the pixels the model saw; kept in a MetaTensor's meta, so a cached volume asked about
+    again is not hashed again."""
+    meta = getattr(image, "meta", None)
+    if meta is not None and IMAGE_HASH_KEY in meta:
+        return meta[IMAGE_HASH_KEY]
     plain = image.as_tensor() if hasattr(image, "as_tensor") else image
-    return hashlib.sha256(plain.contiguous().numpy().tobytes()).hexdigest()
+    digest = hashlib.sha256(plain.contiguous().numpy().tobytes()).hexdigest()
+    if meta is not None:
+        meta[IMAGE_HASH_KEY] = digest
+    return digest
 
 
 def transcribe_question(assistant: Assistant, audio: bytes, max_seconds: float) -> str:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,14 +83,16 @@ def describe_model(settings: Settings) -> ModelInfo:
         return _folder_info(settings.model_dir, source=str(settings.model_dir))
     if settings.model_preset == "tiny":
         return ModelInfo("tiny (random weights)", "0", "preset tiny", TRAINABLE_PARTS, UNTRAINED_CAUTION)
-    untrained = tuple(part for part in TRAINABLE_PARTS if part != "llm")
-    return ModelInfo(
-        "demo-cpu (SmolLM2-135M backbone)",
-        "0",
-        "preset demo-cpu, built from installed parts",
-        untrained,
-        UNTRAINED_CAUTION,
-    )
+    return DEMO_INFO
+
+
+DEMO_INFO = ModelInfo(
+    "demo-cpu (SmolLM2-135M backbone)",
+    "0",
+    "preset demo-cpu, built from installed parts",
+    tuple(part for part in TRAINABLE_PARTS if part != "llm"),
+    UNTRAINED_CAUTION,
+)
 
 
 def _folder_info(folder: Path, source: str) -> ModelInfo:
@@ -138,12 +140,6 @@ class GenerationGate:
         finally:
             with self._lock:
                 self._admitted -= 1
-
-
-@dataclass
-class Answer:
-    text: str
-    prompt_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -322,7 +318,7 @@ def demo_model_folder(cache_dir: Path) -> Path:
     llm = smollm2_folder(cache_dir)
     torch.manual_seed(0)
     model = OmniForConditionalGeneration.from_components(OmniConfig.from_preset("demo-cpu"), llm=llm)
-    info = describe_model(Settings(model_preset="demo-cpu", data_dir=cache_dir.parent))
+    info = DEMO_INFO
     with building_folder(target) as staging:
         model.save_pretrained(staging)
         load_tokenizer(llm).save_pretrained(str(staging))

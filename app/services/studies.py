@@ -16,7 +16,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -27,11 +27,11 @@ from app.services.auditing import Actor, record_access
 from audit import Action, unit_of_work
 from medical_data.dicom_io import DEFAULT_LIMITS
 from medical_data.discovery import ArchiveLimits, Rejection, ScanResult, SeriesRef, scan
-from medical_data.errors import MedicalDataError
 
 UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 DICOM_MAGIC_OFFSET = 128
 VOLUME_CACHE = 4
+SCAN_CACHE = 64
 INFLATION_BUDGET = 4
 """The zips of one upload may inflate to this many times the upload size limit, all together."""
 DISK_RESERVE = 1024**3
@@ -72,13 +72,35 @@ def valid_uid(value: str) -> bool:
 class StudyStore:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings, self.engine = settings, engine
-        self._volumes: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+        self._volumes: OrderedDict[tuple[str, int, str, str], Any] = OrderedDict()
+        self._scans: OrderedDict[tuple[str, int], ScanResult] = OrderedDict()
         self._lock = threading.Lock()
 
     # -- upload ----------------------------------------------------------------------------------
-    def new_upload_dir(self) -> Path:
+    def stage_upload(self, sources: list[BinaryIO]) -> Path:
+        """Copy uploaded files into a new upload folder under names made from their position (a sender's
+        file name is never used), each checked by content first; ``import_upload`` takes the folder.
+
+        Raises:
+            UploadRejected: more files than the limit (413), or one neither DICOM nor a zip (415);
+                nothing is kept then.
+        """
+        if len(sources) > self.settings.max_upload_files:
+            raise UploadRejected(413, f"{len(sources)} files, over the limit of {self.settings.max_upload_files}")
         folder = self.settings.data_dir / "uploads" / uuid.uuid4().hex
-        folder.mkdir(parents=True, mode=0o700)
+        target = folder / "files"
+        target.mkdir(parents=True, mode=0o700)
+        try:
+            for index, source in enumerate(sources):
+                kind = upload_kind(source.read(DICOM_MAGIC_OFFSET + 4))
+                source.seek(0)
+                if kind is None:
+                    raise UploadRejected(415, f"file {index + 1} is neither DICOM (Part 10) nor a zip")
+                with open(target / f"{index:06d}.{'zip' if kind == 'zip' else 'dcm'}", "wb") as out:
+                    shutil.copyfileobj(source, out)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return folder
 
     def import_upload(self, upload_dir: Path, actor: Actor) -> ImportResult:
@@ -198,9 +220,6 @@ class StudyStore:
         study.description = (refs.study_description if refs else "")[:256]
         study.series_count = len(series_list)
         study.instance_count = sum(len(s.instances) for s in series_list)
-        with self._lock:  # its volumes may have gained slices
-            for key in [k for k in self._volumes if k[0] == study_uid]:
-                del self._volumes[key]
         return study, existing is None, folder
 
     # -- reading ---------------------------------------------------------------------------------
@@ -224,8 +243,23 @@ class StudyStore:
             session.expunge(study)
         return study
 
+    def stored_scan(self, study: Study) -> ScanResult:
+        """The study's stored files indexed (headers read once per study and instance count: a slider
+        or a question does not read them again; a later upload to the study changes the count)."""
+        key = (study.folder, study.instance_count)
+        with self._lock:
+            if key in self._scans:
+                self._scans.move_to_end(key)
+                return self._scans[key]
+        found = self.scan_folder(self.settings.studies_dir / study.folder)
+        with self._lock:
+            self._scans[key] = found
+            while len(self._scans) > SCAN_CACHE:
+                self._scans.popitem(last=False)
+        return found
+
     def series(self, study: Study) -> list[SeriesRef]:
-        refs = self.scan_folder(self.settings.studies_dir / study.folder).studies.get(study.study_uid)
+        refs = self.stored_scan(study).studies.get(study.study_uid)
         return sorted(refs.series.values(), key=lambda s: -len(s.instances)) if refs else []
 
     def describe(self, study_uid: str, actor: Actor) -> dict[str, Any]:
@@ -233,8 +267,7 @@ class StudyStore:
         from medical_data.summary import summarize
 
         study = self.get(study_uid)
-        stored = self.scan_folder(self.settings.studies_dir / study.folder)
-        summaries = summarize(stored)
+        summaries = summarize(self.stored_scan(study))
         with unit_of_work(self.engine) as session:
             record_access(session, actor, action=Action.READ, type_code="110103", studies=[study_uid])
         summary = summaries[0].as_dict() if summaries else {"series": []}
@@ -256,7 +289,7 @@ class StudyStore:
         chosen = chosen or main_series(series_list)
         if chosen is None:
             raise StudyNotFound("the study holds no images")
-        key = (study.study_uid, chosen.series_instance_uid, preset or "")
+        key = (study.study_uid, study.instance_count, chosen.series_instance_uid, preset or "")
         with self._lock:
             if key in self._volumes:
                 self._volumes.move_to_end(key)
@@ -307,9 +340,11 @@ class StudyStore:
         shutil.rmtree(self.settings.studies_dir / study.folder, ignore_errors=True)
         for turn_id in turn_ids:
             (self.settings.answers_dir / f"{turn_id}.wav").unlink(missing_ok=True)
-        with self._lock:
+        with self._lock:  # a deleted study's pixels and headers are not kept in memory either
             for key in [k for k in self._volumes if k[0] == study_uid]:
                 del self._volumes[key]
+            for key in [k for k in self._scans if k[0] == study.folder]:
+                del self._scans[key]
 
 
 def main_series(series_list: list[SeriesRef]) -> SeriesRef | None:
@@ -336,6 +371,3 @@ def slice_png(volume: Any, index: int) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-__all__ = ["ImportResult", "MedicalDataError", "StudyNotFound", "StudyStore", "UploadRejected", "upload_kind"]

@@ -46,30 +46,26 @@ def add_user(engine: Engine, username: str, role: str, password: str, actor: Act
 
 def set_password(engine: Engine, username: str, password: str, actor: Actor) -> None:
     check_password_policy(password, username)
-    with unit_of_work(engine) as session:
-        user = _existing(session, username)
-        user.password_hash = hash_password(password)
-        user.credentials_changed = datetime.now(UTC)  # logins made with the old password end
-        record_access(
-            session,
-            actor,
-            action=Action.UPDATE,
-            type_code="110100",
-            details={"activity": "password changed", "user": username},
-        )
+    _change_credentials(engine, username, actor, "password changed", password_hash=hash_password(password))
 
 
 def disable_user(engine: Engine, username: str, actor: Actor) -> None:
+    _change_credentials(engine, username, actor, "user disabled", disabled=True)
+
+
+def _change_credentials(engine: Engine, username: str, actor: Actor, activity: str, **changes: object) -> None:
+    """Apply ``changes`` to the user and end every login made before (audited as ``activity``)."""
     with unit_of_work(engine) as session:
         user = _existing(session, username)
-        user.disabled = True
+        for name, value in changes.items():
+            setattr(user, name, value)
         user.credentials_changed = datetime.now(UTC)
         record_access(
             session,
             actor,
             action=Action.UPDATE,
             type_code="110100",
-            details={"activity": "user disabled", "user": username},
+            details={"activity": activity, "user": username},
         )
 
 

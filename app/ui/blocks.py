@@ -5,9 +5,9 @@ same permissions and the same audit trail apply."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,28 +59,17 @@ def build_blocks(app: FastAPI, info: Any) -> gr.Blocks:
         return rows, gr.update(choices=choices, value=choices[0] if choices else None)
 
     def upload(files: list[str] | None, request: gr.Request) -> tuple[list[list[Any]], Any, str]:
-        from app.services.studies import UploadRejected, upload_kind
+        from app.services.studies import UploadRejected
 
         actor = _actor(app, request, "studies:upload")
         if not files:
             raise UIError("choose DICOM files or a zip first")
-        if len(files) > state.settings.max_upload_files:
-            raise UIError(f"{len(files)} files, over the limit of {state.settings.max_upload_files}")
-        folder = state.studies.new_upload_dir()
-        target = folder / "files"
-        target.mkdir()
         try:
-            for index, name in enumerate(files):
-                with open(name, "rb") as handle:
-                    kind = upload_kind(handle.read(132))
-                if kind is None:
-                    raise UIError(f"file {index + 1} is neither DICOM nor a zip")
-                shutil.copyfile(name, target / f"{index:06d}.{kind}")
-                Path(name).unlink(missing_ok=True)  # Gradio's copy: patient data, kept no longer than needed
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        try:
+            with contextlib.ExitStack() as stack:
+                sources = [stack.enter_context(open(name, "rb")) for name in files]
+                folder = state.studies.stage_upload(sources)
+            for name in files:
+                Path(name).unlink(missing_ok=True)  # Gradio's copies: patient data, kept no longer than needed
             result = state.studies.import_upload(folder, actor)
         except UploadRejected as exc:
             raise _friendly(exc) from None

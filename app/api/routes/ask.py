@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -91,7 +92,7 @@ def ask_stream(
 
     def body() -> Iterator[str]:
         try:
-            for kind, value in _chain(head, events):
+            for kind, value in itertools.chain(head, events):
                 if kind == "transcript":
                     yield _sse("transcript", {"text": value})
                 elif kind == "delta":
@@ -105,11 +106,6 @@ def ask_stream(
             yield _sse("error", {"error": type(exc).__name__, "message": getattr(exc, "reason", "the answer failed")})
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
-
-
-def _chain(head: list[tuple[str, Any]], rest: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
-    yield from head
-    yield from rest
 
 
 @router.get("/answers/{turn_id}/audio", response_class=FileResponse, responses={200: {"content": {"audio/wav": {}}}})

@@ -109,7 +109,7 @@ def verify(request: Request, actor: Annotated[Actor, Depends(require("audit:read
         witness_checked=report.witness_checked,
         uncovered=report.uncovered,
         root=report.root,
-        first_failure=None if failure is None else str(failure.reason if hasattr(failure, "reason") else failure),
+        first_failure=None if failure is None else failure.reason,
     )
 
 

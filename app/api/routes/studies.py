@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile, status
 from pydantic import BaseModel
 
 from app.api.deps import require
 from app.models import Study
 from app.services.auditing import Actor
-from app.services.studies import upload_kind
 
 router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
 
@@ -28,15 +26,7 @@ class StudyPublic(BaseModel):
 
     @classmethod
     def of(cls, study: Study) -> StudyPublic:
-        return cls(
-            study_uid=study.study_uid,
-            modalities=study.modalities,
-            description=study.description,
-            series_count=study.series_count,
-            instance_count=study.instance_count,
-            deidentified=study.deidentified,
-            uploaded=study.uploaded,
-        )
+        return cls.model_validate(study, from_attributes=True)
 
 
 class RejectedFile(BaseModel):
@@ -63,30 +53,8 @@ def upload(
 ) -> UploadPublic:
     """Store DICOM files or zips; de-identified first when the settings say so. Files are named by
     position, never by the name they were sent with."""
-    settings = request.app.state.settings
     store = request.app.state.studies
-    if len(files) > settings.max_upload_files:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            f"{len(files)} files, over the limit of {settings.max_upload_files}",
-        )
-    folder = store.new_upload_dir()
-    try:
-        target = folder / "files"
-        target.mkdir()
-        for index, upload_file in enumerate(files):
-            head = upload_file.file.read(132)
-            upload_file.file.seek(0)
-            kind = upload_kind(head)
-            if kind is None:
-                raise HTTPException(
-                    status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"file {index + 1} is neither DICOM (Part 10) nor a zip"
-                )
-            with open(target / f"{index:06d}.{'zip' if kind == 'zip' else 'dcm'}", "wb") as out:
-                shutil.copyfileobj(upload_file.file, out)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+    folder = store.stage_upload([upload_file.file for upload_file in files])
     result = store.import_upload(folder, actor)
     return UploadPublic(
         studies=[StudyPublic.of(study) for study in result.studies],

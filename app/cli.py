@@ -40,13 +40,14 @@ def main_callback(
 
 def _register_commands() -> None:
     """Every subcommand, from ``app/commands`` (which never import this module)."""
-    from app.commands import ask, data, model, serve, speech, train
+    from app.commands import ask, data, drafting, model, serve, speech, train
     from app.commands.audit import audit_cli
     from app.commands.users import users_cli
 
     cli.command()(serve.serve)
     cli.command()(serve.doctor)
     cli.command()(ask.ask)
+    cli.command("draft-reports")(drafting.draft_reports)
     cli.command()(data.deid)
     cli.command()(data.ingest)
     cli.command()(data.inspect)
@@ -91,3 +92,7 @@ def main() -> None:
             fg=typer.colors.RED,
         )
         raise SystemExit(1) from None
+
+
+if __name__ == "__main__":  # ``python -m app.cli``: how ``draft-reports --workers`` starts its workers
+    main()

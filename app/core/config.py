@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API (none).")
     cookie_secure: bool = Field(default=False, description="Send the login cookie over HTTPS only (behind TLS).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    pacs_username: str = Field(default="", max_length=256, description="DICOMweb user for --pacs (HTTP basic).")
+    pacs_password: SecretStr = Field(default=SecretStr(""), description="DICOMweb password for --pacs.")
+    pacs_timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Longest wait for one PACS answer.")
 
     @field_validator("data_dir", "model_dir", mode="after")
     @classmethod

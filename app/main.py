@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from app import __version__
-from app.api.routes import ask, audit_log, auth, health, reports, root, studies
+from app.api.routes import ask, audit_log, auth, health, jobs, reports, root, studies
 from app.core.config import Settings, get_settings
 from app.core.db import open_database
 from app.core.middleware import BodyLimit, RequestContext
@@ -24,6 +24,7 @@ from app.core.privacy import protect_patient_data_in_logs
 from app.core.security import LoginThrottle
 from app.services.assistant import AnswerFailed, Assistant, Busy
 from app.services.audit_log import checkpoint_if_due, sign_checkpoint
+from app.services.jobs import JobService
 from audit import load_or_create_signing_key
 
 logger = logging.getLogger("omniclinic")
@@ -51,16 +52,19 @@ def create_app(settings: Settings | None = None, *, assistant: Assistant | None 
         app.state.studies = StudyStore(settings, app.state.engine)
         app.state.asking = AskService(settings, app.state.engine, app.state.studies, app.state.assistant)
         app.state.reports = ReportService(app.state.engine, app.state.studies, app.state.assistant)
+        app.state.jobs = JobService(settings, app.state.engine, app.state.studies, app.state.assistant)
         app.state.login_throttle = LoginThrottle(settings.login_attempts, settings.login_window_s)
         from starlette.concurrency import run_in_threadpool
 
         await run_in_threadpool(app.state.assistant.load)  # the first question does not wait for it
         logger.info("omniclinic %s serving %s", __version__, app.state.assistant.info.name)
+        app.state.jobs.start()
         signer = asyncio.create_task(_sign_checkpoints(app))
         try:
             yield
         finally:
             signer.cancel()
+            app.state.jobs.stop()
             try:
                 sign_checkpoint(app.state.engine, settings)  # the tree head this run leaves behind
             except Exception as exc:  # a refused checkpoint is verify's to report; shutting down goes on
@@ -76,6 +80,7 @@ def create_app(settings: Settings | None = None, *, assistant: Assistant | None 
         studies.router,
         ask.router,
         reports.router,
+        jobs.router,
         audit_log.router,
     ):
         app.include_router(router)
@@ -141,6 +146,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from app.services.asking import AskRejected
+    from app.services.jobs import JobConflict, JobRejected
     from app.services.reports import ReportConflict
     from app.services.studies import StudyNotFound, UploadRejected
     from audit import AuditError
@@ -163,8 +169,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(422, f"the study cannot be read: {exc.reason}")
 
     @app.exception_handler(ReportConflict)
-    async def conflict(_: Request, exc: ReportConflict) -> JSONResponse:
+    @app.exception_handler(JobConflict)
+    async def conflict(_: Request, exc: Exception) -> JSONResponse:
         return _error(409, str(exc))
+
+    @app.exception_handler(JobRejected)
+    async def job_rejected(_: Request, exc: JobRejected) -> JSONResponse:
+        return _error(422, str(exc))
 
     @app.exception_handler(Busy)
     async def busy(_: Request, exc: Busy) -> JSONResponse:

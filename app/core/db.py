@@ -6,7 +6,11 @@ default, PostgreSQL for deployments), with the audit tables and the app's tables
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.resources import files
+from pathlib import Path
 
 from sqlalchemy import Engine, text
 
@@ -42,12 +46,38 @@ def open_database(settings: Settings) -> Engine:
         engine.dispose()
         raise DatabaseUnavailable(f"cannot reach the database ({reason}); check OMNICLINIC_DATABASE_URL")
     try:
-        upgrade_database(engine)
-        upgrade_app_tables(engine)
+        with migration_lock(engine, settings.data_dir):
+            upgrade_database(engine)
+            upgrade_app_tables(engine)
     except Exception as exc:  # a migration that cannot run: say which kind of failure, no traceback
         engine.dispose()
         raise DatabaseUnavailable(f"cannot prepare the database tables ({type(exc).__name__})") from None
     return engine
+
+
+MIGRATION_LOCK_KEY = 0x6F6D6E69  # "omni": PostgreSQL advisory lock held while migrating
+
+
+@contextmanager
+def migration_lock(engine: Engine, data_dir: Path) -> Iterator[None]:
+    """One migrating process at a time: processes started together (``draft-reports --workers``, the
+    ranks of a ``torchrun`` launch) would otherwise race to create the same tables. A lock file in the
+    data folder serializes one machine; on PostgreSQL an advisory lock serializes every machine."""
+    with open(data_dir / ".migrate.lock", "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            if engine.dialect.name == "postgresql":
+                with engine.connect() as connection:
+                    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                    try:
+                        yield
+                    finally:
+                        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                        connection.commit()
+            else:
+                yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def database_ok(engine: Engine) -> tuple[bool, str]:

@@ -74,3 +74,21 @@ def audit_events(client: TestClient) -> list[dict[str, object]]:
     response = client.get("/api/v1/audit/events?limit=1000", headers=login(client, "auditor"))
     assert response.status_code == 200
     return response.json()
+
+
+def write_study(
+    folder: Path, *, slices: int = 3, accession: str = "ACC0001", name: str = "Doe^Jane", date: str = "20240105"
+) -> tuple[str, list[Path]]:
+    """A synthetic CT study of ``slices`` slices written into ``folder``: (its Study Instance UID, its files)."""
+    from tests.medical_data.conftest import patient_series
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, dataset in enumerate(patient_series(name, "SYN-7731", accession, slices)):
+        dataset.StudyDate = date
+        dataset.BodyPartExamined = "CHEST"
+        dataset.StudyDescription = "CT chest"
+        path = folder / f"{index:03d}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return str(dataset.StudyInstanceUID), paths

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from pydicom.dataset import Dataset
+
+from medical_data.dicom_io import quiet_pydicom
 
 DRAFT_TITLE = "Draft radiology report"
 FHIR_STATUS = "preliminary"
@@ -178,9 +181,21 @@ def as_sr(draft: ReportDraft, evidence: Sequence[Dataset], image: Dataset | None
     ]
     root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id="2000")
     root.ContentSequence = [*device, *sections]
+    # highdicom warns about odd header values by quoting them (a patient's name among them): never
+    # let a header value reach a log
+    with warnings.catch_warnings(), quiet_pydicom():
+        warnings.simplefilter("ignore")
+        sr = _comprehensive_sr(draft, evidence, root)
+    sr.PreliminaryFlag = "PRELIMINARY"
+    return sr
+
+
+def _comprehensive_sr(draft: ReportDraft, evidence: Sequence[Dataset], root: Any) -> Dataset:
+    import highdicom as hd
+
     digest = hashlib.sha256(as_text(draft).encode("utf-8")).hexdigest()
     seed = (draft.study_instance_uid, draft.model_name, digest)
-    sr = hd.sr.ComprehensiveSR(
+    return hd.sr.ComprehensiveSR(
         evidence=[_with_type2_attributes(evidence[0]), *evidence[1:]],
         content=root,
         series_instance_uid=derived_uid("omniclinic-draft-series", *seed),
@@ -193,8 +208,6 @@ def as_sr(draft: ReportDraft, evidence: Sequence[Dataset], image: Dataset | None
         is_verified=False,
         series_description=DRAFT_TITLE[:64],
     )
-    sr.PreliminaryFlag = "PRELIMINARY"
-    return sr
 
 
 TYPE2_STUDY_ATTRIBUTES = (

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import warnings
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -181,13 +182,23 @@ def as_sr(draft: ReportDraft, evidence: Sequence[Dataset], image: Dataset | None
     ]
     root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id="2000")
     root.ContentSequence = [*device, *sections]
-    # highdicom warns about odd header values by quoting them (a patient's name among them): never
-    # let a header value reach a log
-    with warnings.catch_warnings(), quiet_pydicom():
-        warnings.simplefilter("ignore")
+    # highdicom warns (and logs) about odd header values by quoting them, a patient's name among them:
+    # never let a header value reach a log
+    with quiet_pydicom(), _quiet_highdicom():
         sr = _comprehensive_sr(draft, evidence, root)
     sr.PreliminaryFlag = "PRELIMINARY"
     return sr
+
+
+@contextmanager
+def _quiet_highdicom() -> Iterator[None]:
+    highdicom_logger = logging.getLogger("highdicom")
+    level = highdicom_logger.level
+    highdicom_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        highdicom_logger.setLevel(level)
 
 
 def _comprehensive_sr(draft: ReportDraft, evidence: Sequence[Dataset], root: Any) -> Dataset:

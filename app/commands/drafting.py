@@ -7,10 +7,12 @@ One process drafts its share of the worklist (``RANK``/``WORLD_SIZE`` when ``tor
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 import uuid
+from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -198,6 +200,9 @@ def _run_rank(
         typer.echo(f"rank {rank} of {world}: {len(items)} of {len(worklist)} studies", err=True)
     with _progress_bar(quiet, len(items)) as update:
         summary = drafter.run(source, items, rank=rank, world_size=world, progress=lambda s: update(len(s.outcomes)))
+    shutil.rmtree(out / ".work" / f"scan-{rank}", ignore_errors=True)  # zips the scan unpacked
+    with suppress(OSError):
+        (out / ".work").rmdir()
     merged = merge_summaries(out, world)
     if not quiet:
         _print_table(merged if merged is not None else summary.outcomes, assistant.info.name, out)

@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.services.assistant import AnswerFailed, Assistant, Busy, Delta
 from app.services.auditing import Actor, record_access
-from audit import Action, Outcome, sha256_hex, unit_of_work
+from audit import Action, AuditError, Outcome, sha256_hex, unit_of_work
 from medical_data.discovery import InstanceRef, ScanResult, SeriesRef, StudyRef, scan
 from medical_data.errors import MedicalDataError
 from omniclinic_common.files import write_atomically
@@ -300,6 +301,8 @@ class Drafter:
         summary.seconds = time.monotonic() - started
         write_summary_part(self.out_dir, summary)
         shutil.rmtree(work_root, ignore_errors=True)
+        with suppress(OSError):  # the last rank out leaves no empty work folder behind
+            (self.out_dir / ".work").rmdir()
         return summary
 
     def is_done(self, item: WorkItem) -> bool:
@@ -340,6 +343,11 @@ class Drafter:
             outcome.reason = "the model stayed busy; run the job again later"
         except _StudyFailed as exc:
             outcome.reason = str(exc)
+        except (AuditError, SQLAlchemyError):
+            raise  # the audit trail refused: nothing more is drafted that it would not record
+        except Exception as exc:  # one odd study (a header a writer refuses, a full disk) does not stop the job
+            logger.error("study %d of the worklist failed (%s)", item.position, type(exc).__name__)
+            outcome.reason = f"unexpected {type(exc).__name__} while drafting (nothing of it was kept)"
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
             outcome.seconds = round(time.monotonic() - started, 3)

@@ -16,12 +16,10 @@ from app.models import Report, Study
 from app.services.asking import AskRejected, model_call
 from app.services.assistant import Assistant, Delta
 from app.services.auditing import Actor, record_access
-from app.services.studies import StudyNotFound, StudyStore
+from app.services.drafting import DRAFT_REQUEST, split_sections, technique_text
+from app.services.studies import StudyNotFound, StudyStore, main_series
 from audit import Action, unit_of_work
 
-DRAFT_REQUEST = (
-    "Write a radiology report for this study with the sections Indication, Technique, Findings and Impression."
-)
 MAX_REPORT_CHARS = 20_000
 
 
@@ -29,20 +27,16 @@ class ReportConflict(ValueError):
     """A change a report's state does not allow (editing or signing a signed report)."""
 
 
-def technique_line(study: Study) -> str:
-    parts = [part for part in (study.modalities, study.description) if part]
-    return (
-        f"Technique: {', '.join(parts) or 'not stated in the headers'}; {study.series_count} series, "
-        f"{study.instance_count} images."
-    )
-
-
 class ReportService:
     def __init__(self, engine: Engine, studies: StudyStore, assistant: Assistant) -> None:
         self.engine, self.studies, self.assistant = engine, studies, assistant
 
     def draft(self, study_uid: str, actor: Actor) -> Report:
-        """A new draft by the model; it names the model, says it is a draft, and carries the caution."""
+        """A new draft by the model, in the batch drafts' form: it names the model, says it is a draft, and
+        carries the caution."""
+        from medical_data.dicom_io import read_dicom
+        from medical_data.report_formats import ReportDraft, as_text
+
         study = self.studies.get(study_uid)
         image = self.studies.volume(study)
         written = "".join(
@@ -51,8 +45,13 @@ class ReportService:
             if isinstance(piece, Delta)
         ).strip()
         info = self.assistant.info
-        body = written or "(the model wrote nothing)"
-        text = f"DRAFT by {info.name}. {info.caution}\n\n{technique_line(study)}\n\n{body}"
+        refs = self.studies.stored_scan(study).studies[study_uid]
+        shown = main_series(self.studies.series(study))
+        header = read_dicom(shown.instances[0].path, stop_before_pixels=True) if shown else {}
+        findings, impression = split_sections(written)
+        text = as_text(
+            ReportDraft(study_uid, "", technique_text(refs, header), findings, impression, info.name, info.caution)
+        )
         report = Report(
             study_uid=study_uid, status="draft", model_name=info.name, draft_text=text, drafted_by=actor.username
         )

@@ -15,7 +15,8 @@ def test_draft_edit_sign_keeps_every_version_and_signed_is_final(client: TestCli
     draft = client.post(f"/api/v1/studies/{uid}/reports", headers=headers)
     assert draft.status_code == 201
     report = draft.json()
-    assert report["draft_text"].startswith("DRAFT by tiny (random weights)") and "Technique: CT" in report["draft_text"]
+    assert report["draft_text"].startswith("PRELIMINARY DRAFT by tiny (random weights)")
+    assert "TECHNIQUE:\nCT;" in report["draft_text"]
     edited = client.put(f"/api/v1/reports/{report['id']}", json={"text": "No acute findings."}, headers=headers)
     assert edited.json()["status"] == "edited" and edited.json()["draft_text"] == report["draft_text"]
     signed = client.post(f"/api/v1/reports/{report['id']}/sign", headers=headers).json()

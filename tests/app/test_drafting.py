@@ -228,3 +228,29 @@ def test_torchrun_launches_ranks_that_each_take_their_share(tmp_path: Path, isol
     assert summary["world_size"] == 2
     assert sorted(o["study_instance_uid"] for o in summary["outcomes"]) == sorted(uids)
     assert all(o["status"] == "drafted" for o in summary["outcomes"])
+
+
+def test_an_unexpected_error_in_one_study_fails_it_alone_and_keeps_its_message_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medical_data.report_formats as formats
+
+    source, out = tmp_path / "worklist", tmp_path / "drafts"
+    uids = _studies(source, 2)
+    refused = sorted(uids)[0]  # the first on the worklist
+    real_as_sr = formats.as_sr
+
+    def as_sr(draft, evidence, image):  # type: ignore[no-untyped-def]
+        if draft.study_instance_uid == refused:
+            raise ValueError("value 'Doe^Jane' is invalid")  # writers quote header values in their errors
+        return real_as_sr(draft, evidence, image)
+
+    monkeypatch.setattr(formats, "as_sr", as_sr)
+    result = draft(str(source), "--out", str(out))
+
+    assert result.exit_code == 1
+    outcomes = {o["study_instance_uid"]: o for o in json.loads((out / "summary.json").read_text())["outcomes"]}
+    assert outcomes[refused]["reason"] == "unexpected ValueError while drafting (nothing of it was kept)"
+    assert [o["status"] for o in outcomes.values()].count("drafted") == 1
+    assert "Doe" not in result.output and "Doe" not in (out / "summary.tsv").read_text()
+    assert not (out / study_key(refused)).exists() and not (out / ".work").exists()

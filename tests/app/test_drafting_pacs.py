@@ -119,10 +119,10 @@ def test_an_sr_the_pacs_refuses_fails_that_study_and_a_query_that_matches_nothin
 class _Broken(BaseHTTPRequestHandler):
     """A DICOMweb server that lists studies and then answers 500 for each (or for the query)."""
 
-    studies: list[str] = []
+    studies: tuple[str, ...] = ()
     fail_query = False
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         if self.path.startswith("/dicom-web/studies?") and not self.fail_query:
             body = json.dumps([{"0020000D": {"vr": "UI", "Value": [uid]}} for uid in self.studies]).encode()
             self.send_response(200)
@@ -144,7 +144,7 @@ def broken_pacs() -> Iterator[Callable[..., str]]:
     servers: list[ThreadingHTTPServer] = []
 
     def start(studies: list[str], fail_query: bool = False) -> str:
-        handler = type("Handler", (_Broken,), {"studies": studies, "fail_query": fail_query})
+        handler = type("Handler", (_Broken,), {"studies": tuple(studies), "fail_query": fail_query})
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)

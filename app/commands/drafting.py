@@ -203,7 +203,7 @@ def _run_rank(
     shutil.rmtree(out / ".work" / f"scan-{rank}", ignore_errors=True)  # zips the scan unpacked
     with suppress(OSError):
         (out / ".work").rmdir()
-    merged = merge_summaries(out, world)
+    merged = merge_summaries(out, world, job)
     if not quiet:
         _print_table(merged if merged is not None else summary.outcomes, assistant.info.name, out)
     failed = summary.count("failed")
@@ -259,10 +259,9 @@ def _run_workers(
             child.terminate()
         raise
     codes = [child.wait() for child in children]
-    merged = merge_summaries(out, workers)
+    merged = merge_summaries(out, workers, job)
     if merged is None:
-        failed_ranks = [rank for rank, code in enumerate(codes) if code not in (0, EXIT_FAILED)]
-        raise fail(f"worker(s) {', '.join(map(str, failed_ranks)) or '?'} stopped before the end; run again to resume")
+        raise fail("the workers stopped before the end (their errors are above); run again to resume")
     if not quiet:
         from app.services.assistant import describe_model
 

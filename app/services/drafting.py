@@ -54,6 +54,7 @@ DRAFT_REQUEST = (
 )
 MAX_INDICATION_CHARS = 2000
 BUSY_RETRIES = 30
+PROGRESS_INTERVAL_S = 2.0
 INSTANCES_ACCESSED = "110103"
 SECTION = re.compile(r"(?im)^\s*(indication|technique|findings|impression|conclusion)s?\s*:\s*")
 
@@ -129,6 +130,7 @@ class ShardSummary:
     outcomes: list[StudyOutcome] = field(default_factory=list)
     model: str = ""
     seconds: float = 0.0
+    job: str = ""
 
     def count(self, status: str) -> int:
         return sum(1 for outcome in self.outcomes if outcome.status == status)
@@ -285,21 +287,28 @@ class Drafter:
         *,
         rank: int = 0,
         world_size: int = 1,
-        total: int | None = None,
         progress: Callable[[ShardSummary], None] | None = None,
     ) -> ShardSummary:
-        """Draft ``items`` (this rank's share) one by one; the summary part is written after each study."""
+        """Draft ``items`` (this rank's share) one by one. The summary part and ``progress`` are updated
+        at the start, every ``PROGRESS_INTERVAL_S`` at most, and at the end (not after every study: a
+        10,000-study night would rewrite a growing file 10,000 times)."""
         started = time.monotonic()
-        summary = ShardSummary(rank, world_size, total=len(items), model=self.assistant.info.name)
+        summary = ShardSummary(rank, world_size, total=len(items), model=self.assistant.info.name, job=self.job)
+        write_summary_part(self.out_dir, summary)  # this run's part replaces any earlier run's at once
         work_root = self.out_dir / ".work" / f"rank-{rank}"
+        reported = started
         for item in items:
             summary.outcomes.append(self.draft(source, item, work_root))
-            summary.seconds = time.monotonic() - started
-            write_summary_part(self.out_dir, summary)
-            if progress is not None:
-                progress(summary)
+            if time.monotonic() - reported >= PROGRESS_INTERVAL_S and len(summary.outcomes) < len(items):
+                summary.seconds = time.monotonic() - started
+                write_summary_part(self.out_dir, summary)
+                if progress is not None:
+                    progress(summary)
+                reported = time.monotonic()
         summary.seconds = time.monotonic() - started
         write_summary_part(self.out_dir, summary)
+        if progress is not None:
+            progress(summary)
         shutil.rmtree(work_root, ignore_errors=True)
         with suppress(OSError):  # the last rank out leaves no empty work folder behind
             (self.out_dir / ".work").rmdir()
@@ -341,7 +350,7 @@ class Drafter:
             outcome.reason = f"the model could not draft it: {exc}"
         except Busy:
             outcome.reason = "the model stayed busy; run the job again later"
-        except _StudyFailed as exc:
+        except StudyFailed as exc:
             outcome.reason = str(exc)
         except (AuditError, SQLAlchemyError):
             raise  # the audit trail refused: nothing more is drafted that it would not record
@@ -361,7 +370,7 @@ class Drafter:
         try:
             study, series, headers = self._read(item, files, work_dir)
             volume = self._load(series)
-        except (MedicalDataError, _StudyFailed):
+        except (MedicalDataError, StudyFailed):
             self._audit_read(item, success=False)
             raise
         self._audit_read(item, success=True)
@@ -402,12 +411,12 @@ class Drafter:
         study = found.studies.get(item.study_instance_uid)
         if study is None:
             reason = found.rejected[0].reason if found.rejected else "none of its files belong to it"
-            raise _StudyFailed(f"the study cannot be read: {reason}")
+            raise StudyFailed(f"the study cannot be read: {reason}")
         if found.rejected:
-            raise _StudyFailed(f"the study cannot be read: {len(found.rejected)} of its files are unreadable")
+            raise StudyFailed(f"the study cannot be read: {len(found.rejected)} of its files are unreadable")
         series = main_series(list(study.series.values()))
         if series is None:
-            raise _StudyFailed("the study holds no images")
+            raise StudyFailed("the study holds no images")
         headers = [
             read_dicom(instance.path, stop_before_pixels=True)
             for refs in study.series.values()
@@ -523,8 +532,8 @@ class Drafter:
             )
 
 
-class _StudyFailed(Exception):
-    """A study-level failure with a reason fit for the summary."""
+class StudyFailed(Exception):
+    """A study-level failure with a reason fit for the summary (no identifiers): sources raise it too."""
 
 
 def _ordered(instances: Sequence[InstanceRef]) -> list[InstanceRef]:
@@ -542,6 +551,7 @@ def write_summary_part(out_dir: Path, summary: ShardSummary) -> None:
         "world_size": summary.world_size,
         "total": summary.total,
         "model": summary.model,
+        "job": summary.job,
         "seconds": round(summary.seconds, 3),
         "finished": len(summary.outcomes) == summary.total,
         "outcomes": [asdict(outcome) for outcome in summary.outcomes],
@@ -557,16 +567,18 @@ def read_summary_parts(out_dir: Path, world_size: int) -> list[dict[str, Any]]:
     return parts
 
 
-def merge_summaries(out_dir: Path, world_size: int) -> list[StudyOutcome] | None:
-    """When every rank's part is finished: ``summary.json`` and ``summary.tsv`` for the whole job, and
-    its outcomes in worklist order. None while some rank is still at work (or on another machine)."""
+def merge_summaries(out_dir: Path, world_size: int, job: str) -> list[StudyOutcome] | None:
+    """When every rank's part of ``job`` is finished: ``summary.json`` and ``summary.tsv`` for the whole
+    job, and its outcomes in worklist order. None while some rank is still at work (or on another
+    machine, or has not replaced an earlier run's part yet)."""
     parts = read_summary_parts(out_dir, world_size)
-    if len(parts) < world_size or not all(part.get("finished") for part in parts):
+    if len(parts) < world_size or not all(part.get("finished") and part.get("job") == job for part in parts):
         return None
     outcomes = sorted(
         (StudyOutcome(**outcome) for part in parts for outcome in part["outcomes"]), key=lambda o: o.position
     )
     merged = {
+        "job": job,
         "world_size": world_size,
         "model": parts[0].get("model", ""),
         "counts": {s: sum(o.status == s for o in outcomes) for s in ("drafted", "skipped", "failed")},

@@ -25,7 +25,15 @@ from app.core.config import Settings
 from app.models import Job, Report
 from app.services.assistant import Assistant
 from app.services.auditing import Actor
-from app.services.drafting import FILE_NAMES, Drafter, DraftOptions, ShardSummary, WorkItem, study_key
+from app.services.drafting import (
+    FILE_NAMES,
+    Drafter,
+    DraftOptions,
+    ShardSummary,
+    StudyFailed,
+    WorkItem,
+    study_key,
+)
 from app.services.studies import StudyNotFound, StudyStore
 from audit import unit_of_work
 
@@ -54,7 +62,10 @@ class StoredSource:
         return [WorkItem(uid, "", position) for position, uid in enumerate(self.study_uids, 1)]
 
     def fetch(self, item: WorkItem, work_dir: Path) -> list[Path]:
-        study = self.studies.get(item.study_instance_uid)
+        try:
+            study = self.studies.get(item.study_instance_uid)
+        except StudyNotFound:
+            raise StudyFailed("the study is no longer stored") from None
         return [instance.path for series in self.studies.series(study) for instance in series.instances]
 
     def indication(self, item: WorkItem) -> str:
@@ -189,8 +200,7 @@ class JobService:
             job=job.id,
             on_report=lambda item, text: self._add_report(item, text, actor),
         )
-        summary = drafter.run(source, source.worklist(), progress=self._progress(job_id))
-        self._progress(job_id)(summary)
+        drafter.run(source, source.worklist(), progress=self._progress(job_id))
         self._set(job_id, status="finished")
 
     def _progress(self, job_id: str) -> Any:

@@ -6,6 +6,9 @@ network condition, never a URL path (it holds UIDs) or anything the PACS sent ba
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ from pydicom.dataset import Dataset
 from medical_data.errors import MedicalDataError
 
 T = TypeVar("T")
+UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 STUDY_FIELDS = ("StudyInstanceUID", "AccessionNumber", "StudyDate", "StudyDescription", "ModalitiesInStudy")
 QIDO_PAGE = 500
 MAX_STUDIES = 100_000
@@ -53,7 +57,7 @@ class StudyQuery:
             if value and not (len(value) == 8 and value.isdigit()):
                 raise ValueError("dates are YYYYMMDD")
         for value in (*self.modalities, *self.accession_numbers):
-            if not value or any(char in value for char in "*?\\=&") or len(value) > 64:
+            if not value or any(char in value for char in "*?\\=&,") or len(value) > 64:
                 raise ValueError("modalities and accession numbers are plain values (no wildcards)")
 
     def filters(self) -> list[dict[str, str]]:
@@ -90,8 +94,20 @@ class Pacs:
     """One DICOMweb server. ``url`` is its DICOMweb root (e.g. ``http://pacs:8042/dicom-web``)."""
 
     def __init__(
-        self, url: str, *, username: str = "", password: str = "", timeout_s: float = 60.0, retries: int = 2
+        self,
+        url: str,
+        *,
+        username: str = "",
+        password: str = "",
+        timeout_s: float = 60.0,
+        retries: int = 2,
+        study_timeout_s: float = 3600.0,
+        max_instances: int = 20_000,
+        max_bytes: int = 32 * 1024**3,
     ) -> None:
+        """``timeout_s`` bounds each wait for the server; ``study_timeout_s``, ``max_instances`` and
+        ``max_bytes`` bound one study's retrieval as a whole (a server that trickles bytes, a study far
+        larger than a worklist's): past them, that study fails and the next one starts."""
         import requests
         from dicomweb_client import DICOMwebClient
         from dicomweb_client.session_utils import create_session, create_session_from_user_pass
@@ -101,6 +117,12 @@ class Pacs:
             raise PacsError("the PACS address must be an http(s) URL of its DICOMweb root")
         if parts.username or parts.password:
             raise PacsError("give the PACS credentials in the settings, not in its URL")
+        if username and parts.scheme == "http" and not _loopback(parts.hostname):
+            raise PacsError("PACS credentials go only over https (or to this machine's own loopback)")
+        # the client logs a server's Warning header as sent; a PACS may put anything in it
+        logging.getLogger("dicomweb_client").setLevel(logging.ERROR)
+        self.invalid_uids = 0
+        self.study_timeout_s, self.max_instances, self.max_bytes = study_timeout_s, max_instances, max_bytes
         self.url = url.rstrip("/")
         session: requests.Session = create_session_from_user_pass(username, password) if username else create_session()
         self._client = DICOMwebClient(url=self.url, session=session, timeout=timeout_s)
@@ -129,7 +151,10 @@ class Pacs:
         for filters in query.filters():
             for entry in self._pages(filters):
                 uid = _value(entry, "StudyInstanceUID")
-                if uid and uid not in found:
+                if not valid_uid(uid):
+                    self.invalid_uids += 1  # it would go into URLs and file names: left out, and counted
+                    continue
+                if uid not in found:
                     found[uid] = PacsStudy(
                         uid,
                         _value(entry, "AccessionNumber"),
@@ -143,7 +168,8 @@ class Pacs:
     def _pages(self, filters: dict[str, str]) -> Iterator[dict[str, Any]]:
         """QIDO answers page by page (limit and offset). dicomweb-client's own ``get_remaining`` asks
         forever when a server ignores ``offset`` (Orthanc's plugin 1.7 does, answering in full at once):
-        here a page that is short, or adds nothing new, ends the query."""
+        here a page that is empty, or adds nothing new, ends the query (a short page does not: a server
+        may cap its pages below the limit asked for)."""
         offset, seen = 0, set()
         while True:
             page = self._call(
@@ -155,7 +181,7 @@ class Pacs:
             fresh = [entry for entry in page if _value(entry, "StudyInstanceUID") not in seen]
             yield from fresh
             seen.update(_value(entry, "StudyInstanceUID") for entry in fresh)
-            if len(page) < QIDO_PAGE or not fresh:
+            if not fresh:  # an empty page, or one a server that ignores offset sent again
                 return
             offset += len(page)
 
@@ -172,13 +198,23 @@ class Pacs:
         """Write the study's instances into ``folder`` as Part 10 files named by position."""
         from medical_data.dicom_io import write_atomically
 
+        if not valid_uid(study_instance_uid):
+            raise PacsError("the study's UID is not a UID")
         folder.mkdir(parents=True, exist_ok=True)
-        paths = []
+        deadline = time.monotonic() + self.study_timeout_s
+        paths, size = [], 0
         for index, dataset in enumerate(self.iter_study(study_instance_uid)):
+            if index >= self.max_instances:
+                raise PacsRefused(f"the study has over {self.max_instances} instances; not drafted")
             path = folder / f"{index:06d}.dcm"
             dataset.file_meta = _file_meta(dataset)
             write_atomically(dataset, path)
             paths.append(path)
+            size += path.stat().st_size
+            if size > self.max_bytes:
+                raise PacsRefused(f"the study is over {self.max_bytes // 1024**3} GiB; not drafted")
+            if time.monotonic() > deadline:
+                raise PacsUnavailable(f"the study's retrieval took over {self.study_timeout_s:g} s")
         if not paths:
             raise PacsRefused("the PACS returned no instances for a study its query listed")
         return paths
@@ -208,6 +244,22 @@ class Pacs:
             )
             if not listed:
                 raise PacsRefused("the PACS acknowledged an instance but does not hold it (a filter refused it)")
+
+
+def valid_uid(value: str) -> bool:
+    """A DICOM UID: digits and dots, at most 64 characters."""
+    return 0 < len(value) <= 64 and bool(UID.match(value))
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _file_meta(dataset: Dataset) -> Any:

@@ -187,6 +187,7 @@ def as_sr(draft: ReportDraft, evidence: Sequence[Dataset], image: Dataset | None
     with quiet_pydicom(), _quiet_highdicom():
         sr = _comprehensive_sr(draft, evidence, root)
     sr.PreliminaryFlag = "PRELIMINARY"
+    sr.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: the draft's text and the copied names, whatever their script
     return sr
 
 

@@ -27,7 +27,12 @@ def building_folder(target: Path, *, replace: bool = False) -> Iterator[Path]:
         else:
             if target.exists():
                 shutil.rmtree(target)
-            os.replace(staging, target)
+            try:
+                os.replace(staging, target)
+            except OSError:  # another process published it between the check and the rename
+                if replace or not target.exists():
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

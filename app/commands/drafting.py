@@ -6,19 +6,22 @@ One process drafts its share of the worklist (``RANK``/``WORLD_SIZE`` when ``tor
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import time
 import uuid
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from app.commands.common import EXIT_FAILED, EXIT_USAGE, current_settings, fail, open_app_database
+from omniclinic_common.files import replace_private_file
 
 Source = Annotated[Path | None, typer.Argument(help="A folder of studies (files, zips, DICOMDIRs; notes beside them).")]
 Out = Annotated[Path, typer.Option("--out", help="Where the drafts go: one folder per study, and the summary.")]
@@ -42,7 +45,14 @@ AccessionFile = Annotated[
 Notes = Annotated[
     list[Path], typer.Option("--notes", help="Notes (file or folder) paired to studies for the indication.")
 ]
-Formats = Annotated[str, typer.Option("--format", help="Comma-separated: text, fhir, sr.")]
+Formats = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        help="Comma-separated: text, fhir, sr (default all three; text,fhir with --deid unless --store, "
+        "since the SR carries the study's patient module).",
+    ),
+]
 Store = Annotated[bool, typer.Option("--store", help="Store each SR back to the PACS (STOW-RS).")]
 Deid = Annotated[bool, typer.Option("--deid", help="Scrub identifiers from the report text before it is written.")]
 Workers = Annotated[int, typer.Option("--workers", min=1, max=256, help="Processes on this machine.")]
@@ -61,7 +71,7 @@ def draft_reports(
     accession: Accession = [],  # noqa: B006
     accession_file: AccessionFile = None,
     notes: Notes = [],  # noqa: B006
-    formats: Formats = "text,fhir,sr",
+    formats: Formats = None,
     store: Store = False,
     deid: Deid = False,
     workers: Workers = 1,
@@ -71,7 +81,11 @@ def draft_reports(
     the model and says it is a draft; done studies are skipped on a re-run; failures are listed."""
     from app.services.drafting import DraftingError, launch_env
 
+    if formats is None:
+        formats = "text,fhir" if deid and not store else "text,fhir,sr"
     options = _options(formats, deid, store, pacs)
+    if deid and "sr" in options.formats and not quiet:
+        typer.echo("note: with --deid the text is scrubbed; the SR still carries the study's patient module", err=True)
     query = _query(source, pacs, date_from, date_to, modality, accession, accession_file)
     out = out.expanduser().resolve()
     if source is not None:
@@ -91,10 +105,53 @@ def draft_reports(
         raise fail(str(exc), EXIT_USAGE) from None
     if workers > 1 and "WORLD_SIZE" not in os.environ:
         engine.dispose()
+        _prepare_model(settings)  # built once here, not raced by every worker
         code = _run_workers(workers, source, out, pacs, query, notes, options, quiet)
         raise typer.Exit(code)
-    code = _run_rank(settings, engine, source, out, pacs, query, notes, options, rank, world, local_world, quiet)
+    job = _job_id(world)
+    with _rank_lock(out, rank):
+        code = _run_rank(
+            settings, engine, source, out, pacs, query, notes, options, rank, world, local_world, quiet, job
+        )
     raise typer.Exit(code)
+
+
+def _job_id(world: int) -> str:
+    """The job's id, the same in every rank: the launcher's run id (torchrun's ``--rdzv-id``; torchrun's
+    default "none" is no id), ``OMNICLINIC_JOB_ID``, or, for a single process, a new one."""
+    for name in ("OMNICLINIC_JOB_ID", "TORCHELASTIC_RUN_ID"):
+        value = os.environ.get(name, "").strip()
+        if value and value != "none":
+            return value[:64]
+    if world > 1:
+        raise fail(
+            "the ranks of one launch need a shared job id: torchrun --rdzv-id ID (or --standalone), "
+            "or OMNICLINIC_JOB_ID=ID",
+            EXIT_USAGE,
+        )
+    return str(uuid.uuid4())
+
+
+@contextmanager
+def _rank_lock(out: Path, rank: int) -> Iterator[None]:
+    """One process per rank and output folder: a second job on the same folder (a cron run still going
+    when the next starts) is refused instead of undoing the first one's work."""
+    with open(out / f".lock-rank-{rank}", "a") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise fail("another draft-reports job is writing to this output folder; wait for it to end") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _prepare_model(settings: Any) -> None:
+    from app.services.assistant import demo_model_folder
+
+    if settings.model_dir is None and settings.model_preset == "demo-cpu":
+        demo_model_folder(settings.models_dir)
 
 
 def _options(formats: str, deid: bool, store: bool, pacs: str | None) -> Any:
@@ -134,6 +191,8 @@ def _query(
         raise fail("--from, --to, --modality and --accession query a PACS; with a folder, the folder is the worklist")
     if source is not None:
         return None
+    if not narrowed:
+        raise fail("a PACS worklist needs --from/--to, --modality or --accession (not the whole archive)", EXIT_USAGE)
     modalities = [m.strip().upper() for entry in modality for m in entry.split(",") if m.strip()]
     try:
         return StudyQuery(date_from, date_to, tuple(modalities), tuple(accessions))
@@ -168,7 +227,10 @@ def _run_rank(
     world: int,
     local_world: int,
     quiet: bool,
+    job: str,
 ) -> int:
+    """Draft this rank's share. Exit status: 0, or 1 when a study failed; under a launcher 0 for study
+    failures too (they are in the summary), since a launcher stops every rank when one exits non-zero."""
     from app.services.assistant import Assistant
     from app.services.auditing import Actor
     from app.services.drafting import Drafter, DraftingError, FolderSource, PacsSource, merge_summaries, shard
@@ -181,8 +243,6 @@ def _run_rank(
     try:
         if source_dir is not None:
             source: Any = FolderSource(source_dir, work_dir=out / ".work" / f"scan-{rank}", notes=notes)
-            if source.rejected and rank == 0:
-                typer.echo(f"{len(source.rejected)} file(s) in the folder are not readable DICOM; skipped", err=True)
         else:
             source = PacsSource(pacs, query, notes=notes)
     except PacsError as exc:
@@ -192,8 +252,12 @@ def _run_rank(
     worklist = source.worklist()
     if not worklist:
         raise fail("no studies to draft: " + ("the folder holds none" if source_dir else "the query matched none"))
+    if rank == 0 and not quiet:
+        for line in source.notices():
+            typer.echo(line, err=True)
     items = shard(worklist, rank, world)
-    job = os.environ.get("OMNICLINIC_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID") or str(uuid.uuid4())
+    for stale in ("summary.json", "summary.tsv"):  # an earlier job's whole summary must not pass for this one's
+        (out / stale).unlink(missing_ok=True)
     assistant = Assistant(settings)
     drafter = Drafter(assistant, out, options, audit_engine=engine, actor=Actor.at_command_line(), job=job, pacs=pacs)
     if not quiet and world > 1:
@@ -206,8 +270,12 @@ def _run_rank(
     merged = merge_summaries(out, world, job)
     if not quiet:
         _print_table(merged if merged is not None else summary.outcomes, assistant.info.name, out)
-    failed = summary.count("failed")
-    return EXIT_FAILED if failed else 0
+    elif merged is not None and world > 1:  # the last rank out says how the whole job ended
+        failed = sum(o.status == "failed" for o in merged)
+        typer.echo(f"job {job}: {len(merged) - failed} of {len(merged)} studies drafted or done; {failed} failed")
+    if world > 1:
+        return 0
+    return EXIT_FAILED if summary.count("failed") else 0
 
 
 def _run_workers(
@@ -232,7 +300,11 @@ def _run_workers(
     if query is not None:
         arguments += ["--from", query.date_from, "--to", query.date_to]
         arguments += [part for m in query.modalities for part in ("--modality", m)]
-        arguments += [part for a in query.accession_numbers for part in ("--accession", a)]
+        if query.accession_numbers:  # in a private file, not on command lines any local user can read
+            listing = out / ".work" / "accessions.txt"
+            listing.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            replace_private_file(listing, "".join(f"{a}\n" for a in query.accession_numbers).encode("utf-8"))
+            arguments += ["--accession-file", str(listing)]
     arguments += [part for note in notes for part in ("--notes", str(note))]
     arguments += ["--store"] * options.store + ["--deid"] * options.deid
     job = str(uuid.uuid4())
@@ -259,6 +331,9 @@ def _run_workers(
             child.terminate()
         raise
     codes = [child.wait() for child in children]
+    (out / ".work" / "accessions.txt").unlink(missing_ok=True)
+    with suppress(OSError):
+        (out / ".work").rmdir()
     merged = merge_summaries(out, workers, job)
     if merged is None:
         raise fail("the workers stopped before the end (their errors are above); run again to resume")

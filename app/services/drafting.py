@@ -145,13 +145,23 @@ class StudySource(Protocol):
 
     def indication(self, item: WorkItem) -> str: ...
 
+    def notices(self) -> list[str]:
+        """What the operator should know about the worklist (counts, no identifiers)."""
+        ...
+
 
 # -- sources ---------------------------------------------------------------------------------------
-def _paired_notes(notes: Iterable[Any], studies: Iterable[tuple[str, str]]) -> dict[str, str]:
+def _paired_notes(notes: Iterable[Any], studies: Iterable[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
+    """(indication text by study UID, notices for the operator: counts only, never a note's content)."""
     from medical_data.notes import StudyKey, pair_notes
 
     pairing = pair_notes(notes, [StudyKey(uid, accession) for uid, accession in studies])
-    return {uid: "\n".join(note.text for note in paired) for uid, paired in pairing.paired.items()}
+    notices = []
+    if pairing.unpaired:
+        notices.append(f"{len(pairing.unpaired)} note(s) match no study on the worklist; not used")
+    if pairing.ambiguous:
+        notices.append(f"{len(pairing.ambiguous)} note(s) could belong to several studies; not used")
+    return {uid: "\n".join(note.text for note in paired) for uid, paired in pairing.paired.items()}, notices
 
 
 def read_note_files(paths: Iterable[Path]) -> list[Any]:
@@ -182,9 +192,14 @@ class FolderSource:
         self.scan: ScanResult = scan(files, extract_dir=work_dir / "extracted")
         self.rejected = self.scan.rejected
         notes_found = read_note_files([folder, *notes])
-        self._indications = _paired_notes(
+        self._indications, self._notices = _paired_notes(
             notes_found, ((uid, ref.accession_number) for uid, ref in self.scan.studies.items())
         )
+        if self.rejected:
+            self._notices.insert(0, f"{len(self.rejected)} file(s) in the folder are not readable DICOM; skipped")
+
+    def notices(self) -> list[str]:
+        return self._notices
 
     def worklist(self) -> list[WorkItem]:
         uids = sorted(self.scan.studies)
@@ -206,9 +221,20 @@ class PacsSource:
     def __init__(self, pacs: Any, query: Any, *, notes: Sequence[Path] = ()) -> None:
         self.pacs = pacs
         self.studies = pacs.find_studies(query)
-        self._indications = _paired_notes(
+        self._indications, self._notices = _paired_notes(
             read_note_files(notes), ((s.study_instance_uid, s.accession_number) for s in self.studies)
         )
+        if pacs.invalid_uids:
+            self._notices.insert(0, f"{pacs.invalid_uids} listed stud(ies) have an invalid UID; left out")
+        found = {study.accession_number for study in self.studies}
+        missing = [a for a in query.accession_numbers if a not in found]
+        if missing:
+            self._notices.insert(
+                0, f"{len(missing)} of {len(query.accession_numbers)} accession numbers match no study"
+            )
+
+    def notices(self) -> list[str]:
+        return self._notices
 
     def worklist(self) -> list[WorkItem]:
         return [
@@ -324,6 +350,8 @@ class Drafter:
             done.get("study_instance_uid") == item.study_instance_uid
             and set(self.options.formats) <= set(done.get("formats", ()))
             and (done.get("stored", False) or not self.options.store)
+            and done.get("deid", False) == self.options.deid  # a --deid rerun rewrites identified drafts
+            and done.get("model") == self.assistant.info.name  # a new model redrafts the old one's
         )
 
     def draft(self, source: StudySource, item: WorkItem, work_root: Path) -> StudyOutcome:
@@ -366,11 +394,13 @@ class Drafter:
         from medical_data.dicom_io import read_dicom
         from medical_data.report_formats import ReportDraft
 
-        files = source.fetch(item, work_dir / "files")
-        try:
+        try:  # from the first byte fetched, the study has been read: the event is recorded either way
+            files = source.fetch(item, work_dir / "files")
             study, series, headers = self._read(item, files, work_dir)
             volume = self._load(series)
-        except (MedicalDataError, StudyFailed):
+        except (AuditError, SQLAlchemyError):
+            raise
+        except Exception:
             self._audit_read(item, success=False)
             raise
         self._audit_read(item, success=True)
@@ -379,13 +409,16 @@ class Drafter:
         written = self._ask(volume)
         findings, impression = split_sections(written)
         indication = source.indication(item)[:MAX_INDICATION_CHARS]
+        technique = technique_text(study, header)
         if self.options.deid:
-            indication, findings, impression = self._scrub(headers, indication, findings, impression)
+            indication, technique, findings, impression = self._scrub(
+                headers, indication, technique, findings, impression
+            )
         info = self.assistant.info
         draft = ReportDraft(
             study_instance_uid=item.study_instance_uid,
             indication=indication,
-            technique=technique_text(study, header),
+            technique=technique,
             findings=findings,
             impression=impression,
             model_name=info.name,
@@ -398,14 +431,14 @@ class Drafter:
         if self.options.store:
             self.pacs.store([staged["sr_dataset"]])
             outcome.stored = True
+        if self.on_report is not None:  # before the marker: a draft the app could not take is redone
+            self.on_report(item, staged["text"])
         self._audit_written(item, draft, written, volume, outcome.stored)
         self._publish(item, staging, draft, outcome.stored, staged["sr_uid"])
-        if self.on_report is not None:
-            self.on_report(item, staged["text"])
 
     def _read(self, item: WorkItem, files: list[Path], work_dir: Path) -> tuple[StudyRef, SeriesRef, list[Any]]:
         from app.services.studies import main_series
-        from medical_data.dicom_io import read_dicom
+        from medical_data.dicom_io import names_image_storage, read_dicom
 
         found = scan(files, extract_dir=work_dir / "extracted")
         study = found.studies.get(item.study_instance_uid)
@@ -414,12 +447,20 @@ class Drafter:
             raise StudyFailed(f"the study cannot be read: {reason}")
         if found.rejected:
             raise StudyFailed(f"the study cannot be read: {len(found.rejected)} of its files are unreadable")
-        series = main_series(list(study.series.values()))
-        if series is None:
+        # documents in the study (SR, KO, PR: an earlier draft stored back among them) are neither
+        # technique nor evidence
+        images = {
+            uid: refs
+            for uid, refs in study.series.items()
+            if any(names_image_storage(instance.sop_class_uid) for instance in refs.instances)
+        }
+        if not images:
             raise StudyFailed("the study holds no images")
+        study = StudyRef(study.study_instance_uid, study.study_description, study.accession_number, images)
+        series = main_series(list(images.values()))
         headers = [
             read_dicom(instance.path, stop_before_pixels=True)
-            for refs in study.series.values()
+            for refs in images.values()
             for instance in refs.instances
         ]
         return study, series, headers
@@ -444,9 +485,12 @@ class Drafter:
 
         if self._scrubber is None:
             self._scrubber = TextScrubber()
-        known = KnownIdentifiers()
-        for header in headers[:1]:
-            known = known | KnownIdentifiers.from_dataset(header)
+        known, seen = KnownIdentifiers(), set()
+        for header in headers:  # each series' first header: names may differ from series to series
+            series_uid = str(header.get("SeriesInstanceUID", ""))
+            if series_uid not in seen:
+                seen.add(series_uid)
+                known = known | KnownIdentifiers.from_dataset(header)
         return tuple(self._scrubber.scrub(text, known).text for text in texts)
 
     def _write(

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
+import socket
 import threading
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
@@ -42,6 +44,26 @@ logger = logging.getLogger("omniclinic.jobs")
 DRAFT_JOB = "draft-reports"
 MAX_JOB_STUDIES = 10_000
 FINAL_STATUSES = ("finished", "failed")
+OWNER = f"{socket.gethostname()}:{os.getpid()}"
+"""The process that queues a job runs it (its queue is in memory)."""
+
+
+def _owner_alive(owner: str) -> bool:
+    """Whether the process that holds a job is still running (on this machine; another's is trusted)."""
+    host, _, pid = owner.rpartition(":")
+    if not pid.isdigit():
+        return False
+    if host != socket.gethostname():
+        return True
+    if int(pid) == os.getpid():
+        return False  # this process is starting: whatever it held before is gone
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class JobConflict(ValueError):
@@ -71,6 +93,9 @@ class StoredSource:
     def indication(self, item: WorkItem) -> str:
         return ""
 
+    def notices(self) -> list[str]:
+        return []
+
 
 class JobService:
     def __init__(self, settings: Settings, engine: Engine, studies: StudyStore, assistant: Assistant) -> None:
@@ -85,13 +110,12 @@ class JobService:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
-        """Mark jobs a previous run left unfinished as interrupted; start the worker."""
+        """Mark jobs that a process no longer running left unfinished as interrupted (not those another
+        live worker of ``serve --workers`` holds); start this process's worker."""
         with unit_of_work(self.engine) as session:
-            session.execute(
-                update(Job)
-                .where(Job.status.in_(("queued", "running")))
-                .values(status="interrupted", updated=datetime.now(UTC))
-            )
+            for job in session.scalars(select(Job).where(Job.status.in_(("queued", "running")))):
+                if not _owner_alive(json.loads(job.detail or "{}").get("owner", "")):
+                    job.status, job.updated = "interrupted", datetime.now(UTC)
         self._thread = threading.Thread(target=self._work, name="omniclinic-jobs", daemon=True)
         self._thread.start()
 
@@ -113,8 +137,6 @@ class JobService:
         except ValueError as exc:
             raise JobRejected(str(exc)) from None
         uids = sorted(set(study_uids))
-        if len(uids) > MAX_JOB_STUDIES:
-            raise JobRejected(f"a job takes at most {MAX_JOB_STUDIES} studies")
         for uid in uids:
             self.studies.get(uid)
         if not uids:
@@ -124,7 +146,9 @@ class JobService:
                 uids = sorted(session.scalars(select(Study.study_uid)))
             if not uids:
                 raise JobRejected("no studies are stored")
-        detail = {"formats": list(options.formats), "study_uids": uids, "outcomes": []}
+        if len(uids) > MAX_JOB_STUDIES:
+            raise JobRejected(f"a job takes at most {MAX_JOB_STUDIES} studies; give study_uids")
+        detail = {"formats": list(options.formats), "study_uids": uids, "outcomes": [], "owner": OWNER}
         job = Job(
             kind=DRAFT_JOB, status="queued", created_by=actor.username, total=len(uids), detail=json.dumps(detail)
         )
@@ -139,7 +163,7 @@ class JobService:
         job = self.get(job_id)
         if job.status in ("queued", "running"):
             raise JobConflict("the job is queued or running already")
-        self._set(job_id, status="queued")
+        self._set(job_id, status="queued", owner=OWNER)
         self._queue.put((job_id, actor))
         return self.get(job_id)
 
@@ -166,6 +190,7 @@ class JobService:
         job = self.get(job_id)
         if study_uid not in json.loads(job.detail).get("study_uids", []) or name not in FILE_NAMES.values():
             raise StudyNotFound("no such file in the job")
+        self.studies.get(study_uid)  # a deleted study's drafts are not served (and were deleted with it)
         path = self.jobs_dir / job.id / study_key(study_uid) / name
         if not (path.parent / "done.json").is_file() or not path.is_file():
             raise StudyNotFound("that study has no such drafted file (yet)")
@@ -219,7 +244,11 @@ class JobService:
         return update_job
 
     def _add_report(self, item: WorkItem, text: str, actor: Actor) -> None:
+        from app.models import Study
+
         with unit_of_work(self.engine) as session:
+            if session.get(Study, item.study_instance_uid) is None:
+                raise StudyFailed("the study was deleted while it was drafted")
             session.add(
                 Report(
                     study_uid=item.study_instance_uid,
@@ -231,15 +260,15 @@ class JobService:
             )
 
     def _set(self, job_id: str, **values: Any) -> None:
-        error = values.pop("error", None)
+        error, owner = values.pop("error", None), values.pop("owner", None)
         with unit_of_work(self.engine) as session:
             job = session.get(Job, job_id)
             if job is None:
                 return
             for name, value in values.items():
                 setattr(job, name, value)
-            if error is not None:
+            if error is not None or owner is not None:
                 detail = json.loads(job.detail)
-                detail["error"] = error
+                detail.update({"error": error} if error is not None else {"owner": owner, "error": None})
                 job.detail = json.dumps(detail)
             job.updated = datetime.now(UTC)

@@ -338,6 +338,10 @@ class StudyStore:
             session.delete(session.get(Study, study_uid))
             record_access(session, actor, action=Action.DELETE, type_code="110105", studies=[study_uid])
         shutil.rmtree(self.settings.studies_dir / study.folder, ignore_errors=True)
+        from app.services.drafting import study_key
+
+        for drafted in (self.settings.data_dir / "jobs").glob(f"*/{study_key(study_uid)}"):
+            shutil.rmtree(drafted, ignore_errors=True)  # its drafts (FHIR, SR) carry its identity too
         for turn_id in turn_ids:
             (self.settings.answers_dir / f"{turn_id}.wav").unlink(missing_ok=True)
         with self._lock:  # a deleted study's pixels and headers are not kept in memory either

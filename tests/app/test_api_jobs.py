@@ -8,6 +8,7 @@ import pydicom
 from fastapi.testclient import TestClient
 from pydicom.filebase import DicomBytesIO
 
+from app.services.drafting import study_key
 from tests.app.conftest import audit_events, login, upload
 
 
@@ -52,6 +53,11 @@ def test_a_job_drafts_stored_studies_into_reports_and_files(client: TestClient) 
     activities = [e["details"].get("activity") for e in audit_events(client) if isinstance(e.get("details"), dict)]
     assert activities.count("study read for report drafting") == 1
     assert activities.count("report drafted") == 1
+
+    assert client.delete(f"/api/v1/studies/{study_uid}", headers=login(client, "admin")).status_code == 204
+    gone = client.get(f"/api/v1/jobs/{job['id']}/studies/{study_uid}/fhir", headers=clinician)
+    assert gone.status_code == 404  # a deleted study's drafts go with it
+    assert not list(client.app.state.settings.data_dir.glob(f"jobs/*/{study_key(study_uid)}"))
 
 
 def test_jobs_are_refused_to_roles_without_report_writing_and_for_unknown_studies(client: TestClient) -> None:

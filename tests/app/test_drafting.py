@@ -125,26 +125,73 @@ def test_a_study_that_cannot_be_read_fails_alone_and_a_rerun_skips_what_is_done(
     }
     assert outcomes == {good: "skipped", bad: "drafted"}
 
+    marker = out / study_key(good) / "done.json"
+    marker.write_text(marker.read_text().replace("tiny (random weights)", "an older model"))
+    result = draft(str(source), "--out", str(out))
+    assert "1 drafted, 1 already done, 0 failed" in result.output  # another model's draft is redrafted
+    assert "tiny (random weights)" in marker.read_text()
+
+
+def test_a_second_job_on_the_same_output_folder_is_refused(tmp_path: Path) -> None:
+    import fcntl
+
+    source, out = tmp_path / "worklist", tmp_path / "drafts"
+    write_study(source / "a")
+    out.mkdir()
+    with open(out / ".lock-rank-0", "a") as held:  # as a job still running holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = draft(str(source), "--out", str(out))
+    assert result.exit_code == 1
+    assert "another draft-reports job is writing to this output folder" in result.output
+    assert not list(out.glob("*/done.json"))
+
+
+def test_pacs_credentials_never_go_over_plain_http_to_another_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMNICLINIC_PACS_USERNAME", "drafts")
+    monkeypatch.setenv("OMNICLINIC_PACS_PASSWORD", "secret-password")
+    result = draft("--pacs", "http://pacs.example/dicom-web", "--modality", "CT", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2 and "only over https" in result.output
+    assert "secret-password" not in result.output
+
 
 def test_deid_scrubs_identifiers_from_the_text_in_every_format(tmp_path: Path) -> None:
     source = tmp_path / "worklist"
-    uid, _ = write_study(source / "a", accession="ACC-9", name="Fictional^Ada")
+    uid, files = write_study(source / "a", accession="ACC-9", name="Fictional^Ada")
+    for path in files:  # a description that names the patient: the technique line copies descriptions
+        dataset = pydicom.dcmread(path)
+        dataset.StudyDescription = "CT chest Fictional"
+        dataset.save_as(path, enforce_file_format=True)
     (source / "ACC-9.txt").write_text("Ada Fictional, MRN 88417723, seen by Dr. Quill on March 3, 2024: cough.")
     out = tmp_path / "drafts"
+    undeidentified = draft(str(source), "--out", str(out), "--format", "text")
+    assert "Fictional" in (out / study_key(uid) / "report.txt").read_text()
 
     result = draft(str(source), "--out", str(out), "--deid")
 
     assert result.exit_code == 0, result.output
+    assert "1 drafted, 0 already done" in result.output  # a --deid run redrafts what was drafted without it
     folder = out / study_key(uid)
     text = (folder / "report.txt").read_text()
     for identifier in ("Ada", "Fictional", "88417723", "Quill", "March 3"):
         assert identifier not in text
-    assert "cough" in text
+    assert "cough" in text and "CT chest" in text
     fhir = json.loads((folder / "diagnostic-report.json").read_text())
     assert "subject" not in fhir and "identifier" not in fhir
     assert "Fictional" not in base64.b64decode(fhir["presentedForm"][0]["data"]).decode()
-    sr_text = str(pydicom.dcmread(folder / "report-sr.dcm").ContentSequence)
-    assert "88417723" not in sr_text and "Quill" not in sr_text
+    assert not (folder / "report-sr.dcm").exists()  # the SR carries the patient module: not by default
+
+    with_sr = draft(str(source), "--out", str(out), "--deid", "--format", "text,fhir,sr")
+    assert with_sr.exit_code == 0 and "still carries the study's patient module" in with_sr.output
+    texts: list[str] = []
+    pydicom.dcmread(folder / "report-sr.dcm").walk(
+        lambda _, element: texts.append(element.value) if element.keyword == "TextValue" else None
+    )
+    sr_text = "\n".join(texts)
+    assert "cough" in sr_text  # the report's text is there, scrubbed
+    assert "88417723" not in sr_text and "Quill" not in sr_text and "Fictional" not in sr_text
+    assert undeidentified.exit_code == 0
 
 
 @pytest.mark.parametrize(
@@ -154,7 +201,8 @@ def test_deid_scrubs_identifiers_from_the_text_in_every_format(tmp_path: Path) -
         (("SRC", "--store"), "--store needs --pacs"),
         (("SRC", "--format", "text,xml"), "formats are some of text, fhir, sr; got xml"),
         (("SRC", "--modality", "CT"), "with a folder, the folder is the worklist"),
-        (("--pacs", "http://user:pw@pacs.example/dicom-web"), "not in its URL"),
+        (("--pacs", "http://user:pw@pacs.example/dicom-web", "--modality", "CT"), "not in its URL"),
+        (("--pacs", "http://pacs.example/dicom-web"), "not the whole archive"),
         (("--pacs", "http://pacs.example/dicom-web", "--from", "2024-01-01"), "dates are YYYYMMDD"),
     ],
 )
@@ -216,6 +264,10 @@ def test_workers_share_the_worklist_and_the_summary_is_whole(tmp_path: Path, iso
 def test_torchrun_launches_ranks_that_each_take_their_share(tmp_path: Path, isolated_settings: Path) -> None:
     source, out = tmp_path / "worklist", tmp_path / "drafts"
     uids = _studies(source, 3)
+    broken_uid, broken_files = write_study(source / "broken", accession="ACC-X", slices=2)
+    broken = pydicom.dcmread(broken_files[0])
+    broken.PixelData = broken.PixelData[:10]
+    broken.save_as(broken_files[0], enforce_file_format=True)
     bin_dir = os.path.dirname(sys.executable)
     env = os.environ | {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
     command = [f"{bin_dir}/torchrun", "--standalone", "--nnodes", "1", "--nproc-per-node", "2", "--no-python"]
@@ -223,11 +275,13 @@ def test_torchrun_launches_ranks_that_each_take_their_share(tmp_path: Path, isol
 
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
+    # a study that fails does not fail its rank: torchrun would stop every other rank
     assert completed.returncode == 0, completed.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
-    assert sorted(o["study_instance_uid"] for o in summary["outcomes"]) == sorted(uids)
-    assert all(o["status"] == "drafted" for o in summary["outcomes"])
+    statuses = {o["study_instance_uid"]: o["status"] for o in summary["outcomes"]}
+    assert statuses == {**dict.fromkeys(uids, "drafted"), broken_uid: "failed"}
+    assert "3 of 4 studies drafted or done; 1 failed" in completed.stdout
 
 
 def test_an_unexpected_error_in_one_study_fails_it_alone_and_keeps_its_message_out(

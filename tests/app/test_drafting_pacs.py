@@ -79,10 +79,12 @@ def test_drafts_a_date_and_modality_worklist_from_orthanc_and_stores_the_srs_bac
         pydicom.dcmread(p).SOPInstanceUID for p in january_files
     }
 
-    again = draft("--pacs", server.dicomweb_url, "--accession", "ACC-JAN", "--accession", "ACC-FEB", "--store",
+    again = draft("--pacs", server.dicomweb_url, "--accession", "ACC-JAN", "--accession", "ACC-FEB",
+                  "--accession", "ACC-NONE", "--store",
                   "--out", str(out))  # fmt: skip
 
     assert again.exit_code == 0, again.output
+    assert "1 of 3 accession numbers match no study" in again.output
     assert "1 drafted, 1 already done, 0 failed" in again.output  # January was done; February by accession
     assert len(server.get(f"/dicom-web/studies/{january}/series?Modality=SR").json()) == 1  # no second copy
 

@@ -54,3 +54,18 @@ def test_the_text_and_the_fhir_report_say_draft_and_name_the_model() -> None:
     assert fhir["status"] == "preliminary" and fhir["subject"]["identifier"]["value"] == "P-1"
     assert "model-x" in fhir["note"][0]["text"]
     assert "subject" not in as_fhir(draft)
+
+
+def test_text_in_any_script_survives_the_sr(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pydicom
+
+    series = patient_series("Müller^Jürgen", "P1", "ACC1", 1)
+    draft = a_draft(series[0].StudyInstanceUID, indication="Schädel-CT: Kopfschmerz; 头痛", findings="Keine Blutung.")
+    path = tmp_path / "sr.dcm"
+    as_sr(draft, series, series[0]).save_as(path, enforce_file_format=True)
+    texts: list[str] = []
+    pydicom.dcmread(path).walk(
+        lambda _, element: texts.append(element.value) if element.keyword == "TextValue" else None
+    )
+    assert "Schädel-CT: Kopfschmerz; 头痛" in texts and "Keine Blutung." in texts
+    assert str(pydicom.dcmread(path).PatientName) == "Müller^Jürgen"

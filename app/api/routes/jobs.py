@@ -51,15 +51,19 @@ class JobPublic(BaseModel):
     outcomes: list[StudyOutcomePublic]
 
     @classmethod
-    def of(cls, job: Job) -> JobPublic:
+    def of(cls, job: Job, *, with_outcomes: bool = True) -> JobPublic:
         detail = json.loads(job.detail or "{}")
-        outcomes = [
-            StudyOutcomePublic(
-                study_uid=o["study_instance_uid"],
-                **{k: o[k] for k in ("position", "status", "reason", "images", "seconds")},
-            )
-            for o in detail.get("outcomes", [])
-        ]
+        outcomes = (
+            []
+            if not with_outcomes
+            else [
+                StudyOutcomePublic(
+                    study_uid=o["study_instance_uid"],
+                    **{k: o[k] for k in ("position", "status", "reason", "images", "seconds")},
+                )
+                for o in detail.get("outcomes", [])
+            ]
+        )
         return cls(
             id=job.id,
             kind=job.kind,
@@ -87,7 +91,8 @@ def create_draft_job(
 
 @router.get("/jobs", response_model=list[JobPublic])
 def list_jobs(request: Request, actor: Annotated[Actor, Depends(require("reports:write"))]) -> list[JobPublic]:
-    return [JobPublic.of(job) for job in request.app.state.jobs.list()]
+    """The latest jobs and their counts (each study's outcome: ``GET /jobs/{id}``)."""
+    return [JobPublic.of(job, with_outcomes=False) for job in request.app.state.jobs.list()]
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)

@@ -3,6 +3,9 @@ never a traceback) and one way to read the settings. Commands import this, never
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
+
 import typer
 
 from app.core.config import Settings, SettingsError, load_settings
@@ -43,3 +46,34 @@ def open_app_database(settings: Settings | None = None):  # type: ignore[no-unty
         raise fail(str(exc), EXIT_USAGE) from None
     except DatabaseUnavailable as exc:
         raise fail(str(exc), EXIT_FAILED) from None
+
+
+@contextmanager
+def progress_bar(label: str, *, enabled: bool = True):  # type: ignore[no-untyped-def]
+    """Progress bars on stderr when it is a terminal, one per phase; silent otherwise (logs, CI).
+
+    Yields a callable taking (done, total) for one phase, or (phase, done, total) for several.
+    """
+    if not (enabled and sys.stderr.isatty()):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        tasks: dict[str, object] = {}
+
+        def update(*arguments: object) -> None:
+            phase, done, total = (label, *arguments) if len(arguments) == 2 else arguments
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(str(phase), total=None)
+            progress.update(tasks[phase], completed=done, total=total)  # type: ignore[arg-type]
+
+        yield update

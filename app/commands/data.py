@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 import tempfile
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Annotated
 import typer
 
 from app.commands.audit import audit_engine, checkpoint_if_due, record_operator_event
-from app.commands.common import EXIT_FAILED, EXIT_USAGE, fail
+from app.commands.common import EXIT_FAILED, EXIT_USAGE, fail, progress_bar
 from app.core.config import Settings, SettingsError
 
 EXPORT, INSTANCES_ACCESSED = "110106", "110103"  # DCM audit event types
@@ -75,37 +73,6 @@ def _check_out_dir(out: Path) -> None:
         raise fail(f"--out {out} exists and is not a folder", EXIT_USAGE)
 
 
-@contextmanager
-def _progress(label: str):  # type: ignore[no-untyped-def]
-    """Progress bars on stderr when it is a terminal, one per phase; silent otherwise (logs, CI).
-
-    Yields a callable taking (done, total) for one phase, or (phase, done, total) for several.
-    """
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as progress:
-        tasks: dict[str, object] = {}
-
-        def update(*arguments: object) -> None:
-            phase, done, total = (label, *arguments) if len(arguments) == 2 else arguments
-            if phase not in tasks:
-                tasks[phase] = progress.add_task(str(phase), total=None)
-            progress.update(tasks[phase], completed=done, total=total)  # type: ignore[arg-type]
-
-        yield update
-
-
 RetainDates = Annotated[bool, typer.Option("--retain-dates", help="Shift dates per patient instead of removing them.")]
 RetainCharacteristics = Annotated[
     bool, typer.Option("--retain-patient-characteristics", help="Keep age, sex, size, weight.")
@@ -160,7 +127,7 @@ def deid(
     engine = audit_engine()
     options = deidentifier.options.enabled
     record_operator_event(engine, type_code=EXPORT, details={"tool": "deid", "phase": "started", "options": options})
-    with tempfile.TemporaryDirectory(prefix="omniclinic-deid-") as work, _progress("de-identifying") as progress:
+    with tempfile.TemporaryDirectory(prefix="omniclinic-deid-") as work, progress_bar("de-identifying") as progress:
         summary = deidentify_files(
             sources, out, deidentifier, work_dir=Path(work), report_path=report_path, on_progress=progress
         )
@@ -220,7 +187,7 @@ def ingest(
     engine = audit_engine()
     options = deidentifier.options.enabled
     record_operator_event(engine, type_code=EXPORT, details={"tool": "ingest", "phase": "started", "options": options})
-    with tempfile.TemporaryDirectory(prefix="omniclinic-ingest-") as work, _progress("ingesting") as progress:
+    with tempfile.TemporaryDirectory(prefix="omniclinic-ingest-") as work, progress_bar("ingesting") as progress:
         summary = ingest_folder(
             source,
             resolved,

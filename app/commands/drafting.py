@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.commands.common import EXIT_FAILED, EXIT_USAGE, current_settings, fail, open_app_database
+from app.commands.common import EXIT_FAILED, EXIT_USAGE, current_settings, fail, open_app_database, progress_bar
 from omniclinic_common.files import replace_private_file
 
 Source = Annotated[Path | None, typer.Argument(help="A folder of studies (files, zips, DICOMDIRs; notes beside them).")]
@@ -262,8 +262,14 @@ def _run_rank(
     drafter = Drafter(assistant, out, options, audit_engine=engine, actor=Actor.at_command_line(), job=job, pacs=pacs)
     if not quiet and world > 1:
         typer.echo(f"rank {rank} of {world}: {len(items)} of {len(worklist)} studies", err=True)
-    with _progress_bar(quiet, len(items)) as update:
-        summary = drafter.run(source, items, rank=rank, world_size=world, progress=lambda s: update(len(s.outcomes)))
+    with progress_bar("drafting", enabled=not quiet) as update:
+        summary = drafter.run(
+            source,
+            items,
+            rank=rank,
+            world_size=world,
+            progress=(lambda s: update(len(s.outcomes), s.total)) if update else None,
+        )
     shutil.rmtree(out / ".work" / f"scan-{rank}", ignore_errors=True)  # zips the scan unpacked
     with suppress(OSError):
         (out / ".work").rmdir()
@@ -321,10 +327,11 @@ def _run_workers(
         }
         children.append(subprocess.Popen([sys.executable, "-m", "app.cli", *arguments], env=env))
     try:
-        with _progress_bar(quiet, None) as update:
+        with progress_bar("drafting", enabled=not quiet) as update:
             while any(child.poll() is None for child in children):
                 parts = read_summary_parts(out, workers)
-                update(sum(len(p["outcomes"]) for p in parts), sum(p["total"] for p in parts) or None)
+                if update:
+                    update(sum(len(p["outcomes"]) for p in parts), sum(p["total"] for p in parts) or None)
                 time.sleep(CHILD_POLL_S)
     except KeyboardInterrupt:
         for child in children:
@@ -342,40 +349,6 @@ def _run_workers(
 
         _print_table(merged, describe_model(current_settings()).name, out)
     return EXIT_FAILED if any(o.status == "failed" for o in merged) or any(codes) else 0
-
-
-class _progress_bar:
-    """A progress bar on stderr when it is a terminal and not ``quiet``; a no-op otherwise."""
-
-    def __init__(self, quiet: bool, total: int | None) -> None:
-        self.enabled = not quiet and sys.stderr.isatty()
-        self.total = total
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return lambda done, total=None: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("drafting"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self.progress.__enter__()
-        task = self.progress.add_task("drafting", total=self.total)
-
-        def update(done: int, total: int | None = None) -> None:
-            self.progress.update(task, completed=done, total=total or self.total)
-
-        return update
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.progress.__exit__(None, None, None)
 
 
 def _print_table(outcomes: Any, model_name: str, out: Path) -> None:

@@ -541,38 +541,35 @@ class Drafter:
 
     # -- audit -----------------------------------------------------------------------------------
     def _audit_read(self, item: WorkItem, *, success: bool) -> None:
-        with unit_of_work(self.audit_engine) as session:
-            record_access(
-                session,
-                self.actor,
-                action=Action.READ,
-                type_code=INSTANCES_ACCESSED,
-                studies=[item.study_instance_uid],
-                outcome=Outcome.SUCCESS if success else Outcome.MINOR_FAILURE,
-                details={"activity": "study read for report drafting", "job": self.job},
-            )
+        outcome = Outcome.SUCCESS if success else Outcome.MINOR_FAILURE
+        self._audit(item, Action.READ, {"activity": "study read for report drafting", "job": self.job}, outcome)
 
     def _audit_written(self, item: WorkItem, draft: Any, written: str, volume: Any, stored: bool) -> None:
         from app.services.asking import image_sha256
 
+        details = {
+            "activity": "report drafted",
+            "job": self.job,
+            "formats": list(self.options.formats),
+            "stored_to_pacs": stored,
+            "deidentified": self.options.deid,
+            "model_name": draft.model_name,
+            "prompt_sha256": sha256_hex(DRAFT_REQUEST),
+            "image_sha256": image_sha256(volume),
+            "output_sha256": sha256_hex(written),
+        }
+        self._audit(item, Action.CREATE, details, Outcome.SUCCESS)
+
+    def _audit(self, item: WorkItem, action: Action, details: dict[str, object], outcome: Outcome) -> None:
         with unit_of_work(self.audit_engine) as session:
             record_access(
                 session,
                 self.actor,
-                action=Action.CREATE,
+                action=action,
                 type_code=INSTANCES_ACCESSED,
                 studies=[item.study_instance_uid],
-                details={
-                    "activity": "report drafted",
-                    "job": self.job,
-                    "formats": list(self.options.formats),
-                    "stored_to_pacs": stored,
-                    "deidentified": self.options.deid,
-                    "model_name": draft.model_name,
-                    "prompt_sha256": sha256_hex(DRAFT_REQUEST),
-                    "image_sha256": image_sha256(volume),
-                    "output_sha256": sha256_hex(written),
-                },
+                outcome=outcome,
+                details=details,
             )
 
 

@@ -1,0 +1,118 @@
+"""Synthetic chest studies: findings where the ground truth puts them, in millimetres and Hounsfield units."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from medical_data.phantoms import (
+    GROUND_TRUTH,
+    LOBES,
+    ChestFindings,
+    Geometry,
+    Lesion,
+    chest_hu,
+    lobe_of,
+    sample_findings,
+    write_cr_chest,
+    write_ct_chest,
+)
+from medical_data.study import load_image, load_series
+
+CALCIFIED = Lesion("left", "lower", 30.0, "calcified", (70.0, 10.0, -30.0))
+
+
+def patient_points(folder: Path, low: float, high: float) -> np.ndarray:
+    """Patient coordinates (mm) of the voxels whose HU lies in [low, high], from each slice's own geometry."""
+    points = []
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        hu = ds.pixel_array.astype(float) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        rows, columns = np.nonzero((hu >= low) & (hu <= high))
+        row_dir, col_dir = np.array(ds.ImageOrientationPatient[:3]), np.array(ds.ImageOrientationPatient[3:])
+        spacing_row, spacing_col = map(float, ds.PixelSpacing)
+        origin = np.array(ds.ImagePositionPatient, dtype=float)
+        points += [
+            origin + c * spacing_col * row_dir + r * spacing_row * col_dir for r, c in zip(rows, columns, strict=True)
+        ]
+    return np.array(points)
+
+
+@pytest.mark.parametrize("reversed_directions", [False, True])
+def test_a_lesion_is_where_and_as_large_as_the_ground_truth_says(tmp_path: Path, reversed_directions: bool) -> None:
+    geometry = Geometry(reversed_columns=reversed_directions, reversed_rows=reversed_directions)
+    truth = write_ct_chest(tmp_path, ChestFindings((CALCIFIED,)), seed=3, geometry=geometry)
+
+    points = patient_points(tmp_path, 550, 650)  # calcified (600 HU); bone is 700, soft tissue 40
+
+    assert np.allclose(points.mean(axis=0), CALCIFIED.centre_mm, atol=geometry.pixel_mm)
+    voxel = geometry.pixel_mm**2 * geometry.slice_mm
+    diameter = (6 * len(points) * voxel / np.pi) ** (1 / 3)
+    assert diameter == pytest.approx(CALCIFIED.diameter_mm, rel=0.1)
+    saved = json.loads((tmp_path / GROUND_TRUTH).read_text())
+    assert (
+        saved["study_instance_uid"]
+        == truth.study_instance_uid
+        == pydicom.dcmread(tmp_path / "0001.dcm").StudyInstanceUID
+    )
+    assert saved["findings"]["lesions"][0] | {"centre_mm": None} == {
+        "side": "left", "lobe": "lower", "diameter_mm": 30.0, "density": "calcified", "kind": "mass", "centre_mm": None
+    }  # fmt: skip
+    assert saved["reversed_columns"] is reversed_directions and saved["normal"] is False
+
+
+def test_a_series_stored_reversed_reads_as_the_same_patient(tmp_path: Path) -> None:
+    findings = ChestFindings((CALCIFIED,), effusion="right")
+    write_ct_chest(tmp_path / "usual", findings, seed=5)
+    write_ct_chest(tmp_path / "reversed", findings, seed=5, geometry=Geometry(reversed_columns=True))
+
+    usual = load_series(sorted((tmp_path / "usual").glob("*.dcm"))).as_tensor().numpy()
+    mirrored = load_series(sorted((tmp_path / "reversed").glob("*.dcm"))).as_tensor().numpy()
+
+    # the same anatomy on the same side (only the lung's noise differs); read naively, the sides swap
+    assert (np.abs(usual - mirrored) > 0.3).mean() < 0.001
+    assert (np.abs(usual - mirrored[..., ::-1]) > 0.3).mean() > 0.01
+
+
+def test_effusion_is_dependent_and_pneumothorax_anterior_on_their_side() -> None:
+    rng = np.random.default_rng(0)
+    findings = ChestFindings(effusion="right", pneumothorax="left")
+    posterior_right, posterior_left = np.array([-75.0]), np.array([75.0])
+    assert chest_hu(posterior_right, np.array([60.0]), np.array([0.0]), findings, rng)[0] == pytest.approx(5.0)
+    assert chest_hu(posterior_left, np.array([60.0]), np.array([0.0]), findings, rng)[0] < -600  # left: lung
+    assert chest_hu(np.array([75.0]), np.array([-60.0]), np.array([0.0]), findings, rng)[0] == -1000.0
+    assert chest_hu(np.array([-75.0]), np.array([-60.0]), np.array([0.0]), findings, rng)[0] > -950  # right: lung
+
+
+def test_sampled_findings_are_plausible_and_repeat_with_their_seed() -> None:
+    samples = [sample_findings(np.random.default_rng(seed)) for seed in range(300)]
+    assert samples[:20] == [sample_findings(np.random.default_rng(seed)) for seed in range(20)]
+    normal = sum(s.normal for s in samples) / len(samples)
+    assert 0.15 < normal < 0.35
+    lesions = [lesion for s in samples for lesion in s.lesions]
+    assert {lesion.density for lesion in lesions} == {"solid", "fluid", "fat", "calcified"}
+    assert {lesion.kind for lesion in lesions} == {"nodule", "mass"}
+    for lesion in lesions:
+        assert lesion.lobe == lobe_of(lesion.side, lesion.centre_mm[2]) and lesion.lobe in LOBES[lesion.side]
+        assert (lesion.centre_mm[0] > 0) == (lesion.side == "left")  # +x is the patient's left
+    assert all(s.effusion != s.pneumothorax for s in samples if s.effusion)
+
+
+def test_a_radiograph_shows_the_phantom_with_the_patients_left_on_the_right(tmp_path: Path) -> None:
+    findings = ChestFindings(effusion="right")
+    write_cr_chest(tmp_path / "usual", findings, seed=2)
+    write_cr_chest(tmp_path / "mirrored", findings, seed=2, reversed_columns=True)
+    usual = load_image(tmp_path / "usual" / "0001.dcm").as_tensor()[0, 0].numpy()
+    mirrored = load_image(tmp_path / "mirrored" / "0001.dcm").as_tensor()[0, 0].numpy()
+    assert np.array_equal(usual, mirrored)  # PatientOrientation R\\F is read and undone
+    clear = load_image(
+        write_cr_chest(tmp_path / "clear", ChestFindings(), seed=2).files and tmp_path / "clear" / "0001.dcm"
+    )
+    difference = usual - clear.as_tensor()[0, 0].numpy()  # what the effusion adds, by image half
+    assert difference[:, :88].sum() > 5 * abs(difference[:, 88:].sum())  # the patient's right: image left
+    header = pydicom.dcmread(tmp_path / "usual" / "0001.dcm")
+    assert header.Modality == "CR" and header.ViewPosition == "PA" and list(header.PatientOrientation) == ["L", "F"]

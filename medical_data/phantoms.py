@@ -251,3 +251,103 @@ def _write(dataset: Dataset, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_dicom(dataset, path)
+
+
+# -- questions and reports ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QuestionAnswer:
+    question: str
+    answer: str
+    kind: str
+    """What is asked: modality, body_part, presence_lesion, presence_effusion, presence_pneumothorax,
+    side, count, size_class (closed), or findings (open)."""
+
+    @property
+    def closed(self) -> bool:
+        return self.kind != "findings"
+
+
+TRAINING_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "modality": ("What imaging modality is this?", "Which modality was used?"),
+    "body_part": ("Which body part is shown?", "What part of the body is imaged?"),
+    "presence_lesion": ("Is there a lung nodule or mass?", "Do you see a pulmonary nodule or mass?"),
+    "presence_effusion": ("Is there a pleural effusion?", "Do you see pleural fluid?"),
+    "presence_pneumothorax": ("Is there a pneumothorax?", "Do you see a pneumothorax?"),
+    "side": ("On which side is the {finding}?", "Which side is the {finding} on?"),
+    "count": ("How many lung nodules or masses are there?", "Count the lung lesions."),
+    "size_class": ("Is the lesion a nodule or a mass?", "Nodule or mass?"),
+    "findings": ("Describe the findings.", "What do you see?"),
+}
+HELD_OUT_PHRASINGS: dict[str, tuple[str, ...]] = {
+    # words the training and validation splits never use: the held-out test asks in these
+    "modality": ("How was this image acquired?",),
+    "body_part": ("What region does this cover?",),
+    "presence_lesion": ("Any focal lung lesion?",),
+    "presence_effusion": ("Any fluid in the pleural space?",),
+    "presence_pneumothorax": ("Is the lung collapsed by free air?",),
+    "side": ("Where, left or right, is the {finding}?",),
+    "count": ("What is the number of lung lesions?",),
+    "size_class": ("Would you call the lesion a nodule or a mass?",),
+    "findings": ("Summarise what this study shows.",),
+}
+
+
+def finding_sentences(findings: ChestFindings) -> list[str]:
+    """The findings in a radiologist's words, lesions first (largest first)."""
+    sentences = []
+    for lesion in sorted(findings.lesions, key=lambda item: -item.diameter_mm):
+        sentences.append(
+            f"A {lesion.diameter_mm:g} mm {lesion.density} {lesion.kind} in the {lesion.side} {lesion.lobe} lobe."
+        )
+    if findings.effusion:
+        sentences.append(f"{findings.effusion.capitalize()} pleural effusion.")
+    if findings.pneumothorax:
+        sentences.append(f"{findings.pneumothorax.capitalize()} pneumothorax.")
+    return sentences or ["No lung nodule or mass, no pleural effusion, no pneumothorax."]
+
+
+def reference_report(truth: GroundTruth) -> str:
+    """The study's reference report, in the sections the drafting prompt asks for."""
+    findings = truth.findings
+    if findings.normal:
+        impression = "Normal study."
+    else:
+        parts = [
+            f"{lesion.side} {lesion.lobe} lobe {lesion.kind}"
+            for lesion in sorted(findings.lesions, key=lambda item: -item.diameter_mm)
+        ]
+        if findings.effusion:
+            parts.append(f"{findings.effusion} pleural effusion")
+        if findings.pneumothorax:
+            parts.append(f"{findings.pneumothorax} pneumothorax")
+        impression = "; ".join(parts).capitalize() + "."
+    return f"Findings: {' '.join(finding_sentences(findings))}\nImpression: {impression}"
+
+
+def question_answers(truth: GroundTruth, rng: np.random.Generator, *, held_out: bool = False) -> list[QuestionAnswer]:
+    """Closed and open questions about the study with their answers from the ground truth, phrased as
+    the training split phrases them, or (``held_out``) in words training never uses."""
+    findings = truth.findings
+
+    def ask(kind: str, answer: str, **fields: str) -> QuestionAnswer:
+        phrasings = (HELD_OUT_PHRASINGS if held_out else TRAINING_PHRASINGS)[kind]
+        return QuestionAnswer(str(rng.choice(phrasings)).format(**fields), answer, kind)
+
+    pairs = [
+        ask("modality", {"CT": "CT", "CR": "X-ray (CR)"}.get(truth.modality, truth.modality)),
+        ask("body_part", truth.body_part.lower()),
+        ask("presence_lesion", "yes" if findings.lesions else "no"),
+        ask("presence_effusion", "yes" if findings.effusion else "no"),
+        ask("presence_pneumothorax", "yes" if findings.pneumothorax else "no"),
+        ask("count", str(len(findings.lesions))),
+        ask("findings", " ".join(finding_sentences(findings))),
+    ]
+    if findings.effusion:
+        pairs.append(ask("side", findings.effusion, finding="pleural effusion"))
+    if findings.pneumothorax:
+        pairs.append(ask("side", findings.pneumothorax, finding="pneumothorax"))
+    if len(findings.lesions) == 1:
+        lesion = findings.lesions[0]
+        pairs.append(ask("side", lesion.side, finding=lesion.kind))
+        pairs.append(ask("size_class", lesion.kind))
+    return pairs

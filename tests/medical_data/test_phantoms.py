@@ -116,3 +116,34 @@ def test_a_radiograph_shows_the_phantom_with_the_patients_left_on_the_right(tmp_
     assert difference[:, :88].sum() > 5 * abs(difference[:, 88:].sum())  # the patient's right: image left
     header = pydicom.dcmread(tmp_path / "usual" / "0001.dcm")
     assert header.Modality == "CR" and header.ViewPosition == "PA" and list(header.PatientOrientation) == ["L", "F"]
+
+
+def test_answers_come_from_the_ground_truth_and_held_out_questions_use_other_words() -> None:
+    from medical_data.phantoms import (
+        HELD_OUT_PHRASINGS,
+        TRAINING_PHRASINGS,
+        GroundTruth,
+        question_answers,
+        reference_report,
+    )
+
+    assert not set(HELD_OUT_PHRASINGS.values()) & set(TRAINING_PHRASINGS.values())
+    assert all(not set(HELD_OUT_PHRASINGS[k]) & set(TRAINING_PHRASINGS[k]) for k in TRAINING_PHRASINGS)
+    findings = ChestFindings((CALCIFIED,), pneumothorax="right")
+    truth = GroundTruth("CT", "CHEST", "1.2.3", findings)
+    for held_out in (False, True):
+        pairs = question_answers(truth, np.random.default_rng(1), held_out=held_out)
+        phrasings = HELD_OUT_PHRASINGS if held_out else TRAINING_PHRASINGS
+        assert all(any(qa.question == p.format(finding=f) for p in phrasings[qa.kind] for f in (
+            "pleural effusion", "pneumothorax", "nodule", "mass")) for qa in pairs)  # fmt: skip
+        answers = {(qa.kind, qa.answer) for qa in pairs}
+        assert {("presence_lesion", "yes"), ("presence_pneumothorax", "yes"), ("presence_effusion", "no")} <= answers
+        assert {("count", "1"), ("size_class", "mass"), ("side", "left"), ("side", "right")} <= answers
+    report = reference_report(truth)
+    assert report.splitlines() == [
+        "Findings: A 30 mm calcified mass in the left lower lobe. Right pneumothorax.",
+        "Impression: Left lower lobe mass; right pneumothorax.",
+    ]
+    normal = question_answers(GroundTruth("CR", "CHEST", "1.2.4", ChestFindings()), np.random.default_rng(2))
+    assert {qa.answer for qa in normal if qa.kind.startswith("presence")} == {"no"}
+    assert not [qa for qa in normal if qa.kind == "side"]

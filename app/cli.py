@@ -56,6 +56,7 @@ def _register_commands() -> None:
     cli.command("model-info")(model.model_info)
     cli.command("convert-whisper")(model.convert_whisper)
     cli.command("make-conversations")(train.make_conversations)
+    cli.command()(train.phantoms)
     cli.command()(train.train)
     cli.command()(train.retrain)
     cli.add_typer(users_cli)

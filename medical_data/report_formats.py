@@ -27,6 +27,11 @@ from pydicom.dataset import Dataset
 
 from medical_data.dicom_io import quiet_pydicom
 
+DRAFT_REQUEST = (
+    "Write a radiology report for this study with the sections Findings and Impression, "
+    "each headed by its name and a colon."
+)
+"""What the model is asked for a draft; the training corpus answers it with reference reports in that form."""
 DRAFT_TITLE = "Draft radiology report"
 FHIR_STATUS = "preliminary"
 LOINC = "http://loinc.org"

@@ -235,3 +235,23 @@ def retrain(
     if after.closed_accuracy is not None:
         typer.echo(f"closed questions exact {before.closed_accuracy:.3f} -> {after.closed_accuracy:.3f}")
     typer.echo(f"model: {result.model_dir} (model card: {result.model_dir / 'MODEL_CARD.md'})")
+
+
+def phantoms(
+    out: Annotated[Path, typer.Option("--out", help="The corpus folder (train/, validation/, test/).")],
+    studies: Annotated[int, typer.Option("--studies", min=1, max=1_000_000, help="Studies in all splits.")] = 200,
+    seed: Annotated[int, typer.Option(help="The corpus's seed: the same seed writes the same corpus.")] = 0,
+) -> None:
+    """Write the synthetic chest corpus the default model is trained and evaluated on: phantom CT series
+    and radiographs with ground truth, questions and reference reports, split train/validation/test
+    (the test split held out, asked in other words)."""
+    from training.phantom_corpus import SPLITS, build_corpus
+
+    if out.exists() and not out.is_dir():
+        raise fail("--out exists and is not a folder", EXIT_USAGE)
+    counts = build_corpus(out, studies=studies, seed=seed)
+    for split in SPLITS:
+        typer.echo(
+            f"{split:<10} {counts.studies[split]:>6} studies {counts.questions[split]:>7} questions "
+            f"{counts.conversations[split]:>7} conversations  {out / split}"
+        )

@@ -40,6 +40,7 @@ from app.services.auditing import Actor, record_access
 from audit import Action, AuditError, Outcome, sha256_hex, unit_of_work
 from medical_data.discovery import InstanceRef, ScanResult, SeriesRef, StudyRef, scan
 from medical_data.errors import MedicalDataError
+from medical_data.report_formats import DRAFT_REQUEST
 from omniclinic_common.files import write_atomically
 
 logger = logging.getLogger("omniclinic.drafting")
@@ -48,10 +49,6 @@ FORMATS = ("text", "fhir", "sr")
 FILE_NAMES = {"text": "report.txt", "fhir": "diagnostic-report.json", "sr": "report-sr.dcm"}
 DONE_MARKER = "done.json"
 SUMMARY_DIR = "summary"
-DRAFT_REQUEST = (
-    "Write a radiology report for this study with the sections Findings and Impression, "
-    "each headed by its name and a colon."
-)
 MAX_INDICATION_CHARS = 2000
 BUSY_RETRIES = 30
 PROGRESS_INTERVAL_S = 2.0

@@ -16,9 +16,10 @@ from app.models import Report, Study
 from app.services.asking import AskRejected, model_call
 from app.services.assistant import Assistant, Delta
 from app.services.auditing import Actor, record_access
-from app.services.drafting import DRAFT_REQUEST, split_sections, technique_text
+from app.services.drafting import split_sections, technique_text
 from app.services.studies import StudyNotFound, StudyStore, main_series
 from audit import Action, unit_of_work
+from medical_data.report_formats import DRAFT_REQUEST
 
 MAX_REPORT_CHARS = 20_000
 

@@ -1,0 +1,53 @@
+"""The synthetic corpus: splits by seed, held-out phrasings only in the test split, loadable conversations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from app.cli import cli
+from medical_data.phantoms import HELD_OUT_PHRASINGS, TRAINING_PHRASINGS
+from training.conversations import load_conversations
+from training.phantom_corpus import SPLITS, build_corpus, split_of
+
+
+def phrasing_of(question: str, phrasings: dict[str, tuple[str, ...]]) -> bool:
+    findings = ("pleural effusion", "pneumothorax", "nodule", "mass")
+    return any(question == p.format(finding=f) for options in phrasings.values() for p in options for f in findings)
+
+
+def test_the_corpus_is_split_by_seed_and_the_test_split_is_asked_in_other_words(tmp_path: Path) -> None:
+    counts = build_corpus(tmp_path / "a", studies=24, seed=3)
+
+    assert sum(counts.studies.values()) == 24 and all(counts.studies[s] for s in SPLITS)
+    for split in SPLITS:
+        records = [json.loads(line) for line in (tmp_path / "a" / split / "questions.jsonl").read_text().splitlines()]
+        assert len(records) == counts.questions[split]
+        held_out = split == "test"
+        assert all(phrasing_of(r["question"], HELD_OUT_PHRASINGS if held_out else TRAINING_PHRASINGS) for r in records)
+        assert not any(
+            phrasing_of(r["question"], TRAINING_PHRASINGS if held_out else HELD_OUT_PHRASINGS) for r in records
+        )
+        for record in records:  # each answer agrees with the study's ground truth
+            truth = json.loads((tmp_path / "a" / split / record["study"] / "ground_truth.json").read_text())
+            if record["kind"] == "count":
+                assert record["answer"] == str(len(truth["findings"]["lesions"]))
+            if record["kind"] == "presence_effusion":
+                assert record["answer"] == ("yes" if truth["findings"]["effusion"] else "no")
+        conversations = load_conversations(tmp_path / "a" / split / "conversations.jsonl")
+        assert len(conversations) == counts.conversations[split]
+        assert {c.group for c in conversations} <= {f"phantom-3-{r['study'][-5:]}" for r in records}
+    again = build_corpus(tmp_path / "b", studies=24, seed=3)
+    assert again == counts
+    assert (tmp_path / "a" / "test" / "questions.jsonl").read_text() == (
+        tmp_path / "b" / "test" / "questions.jsonl"
+    ).read_text()
+    assert [split_of(3, i) for i in range(24)] == [split_of(3, i) for i in range(24)]
+
+
+def test_the_phantoms_command_writes_the_corpus(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["phantoms", "--out", str(tmp_path / "corpus"), "--studies", "6", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert "train" in result.output and (tmp_path / "corpus" / "train" / "conversations.jsonl").is_file()

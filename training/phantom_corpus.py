@@ -1,0 +1,127 @@
+"""The default model's synthetic corpus: phantom chest studies, their questions and reference reports, split.
+
+``build_corpus(out, studies=N, seed=S)`` writes, for each split (``train``, ``validation``, ``test``):
+
+- ``SPLIT/studies/NNNNN/``: one study (a CT series or a radiograph) with its ``ground_truth.json``;
+- ``SPLIT/conversations.jsonl``: the training format (``training.conversations``), one conversation
+  per question and one per report (the drafting prompt answered with the reference report);
+- ``SPLIT/questions.jsonl``: what evaluation asks, one line per question: the study, the question,
+  the answer, its kind, whether it is closed, and whether the study is stored reversed.
+
+Splits are drawn per study from the seed alone, so the same seed gives the same corpus. The test split
+is held out: its questions use phrasings the other splits never use (``medical_data.phantoms``), and
+nothing in this module lets it into training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medical_data.phantoms import (
+    Geometry,
+    GroundTruth,
+    question_answers,
+    reference_report,
+    sample_findings,
+    write_cr_chest,
+    write_ct_chest,
+)
+from medical_data.report_formats import DRAFT_REQUEST
+from omniclinic_common.files import write_atomically
+from training.conversations import ContentPart, Conversation, Turn, write_conversations
+
+SPLITS = ("train", "validation", "test")
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+SYSTEM = "You are omniclinic, an assistant for radiologists."
+
+
+@dataclass
+class CorpusCounts:
+    studies: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    questions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    conversations: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+
+
+def split_of(seed: int, index: int) -> str:
+    draw = np.random.default_rng([seed, index, 7919]).random()
+    cumulative = np.cumsum(SPLIT_FRACTIONS)
+    return SPLITS[int(np.searchsorted(cumulative, draw, side="right"))]
+
+
+def build_corpus(
+    out: Path,
+    *,
+    studies: int,
+    seed: int = 0,
+    radiograph_fraction: float = 0.3,
+    reversed_fraction: float = 0.25,
+    geometry: Geometry | None = None,
+) -> CorpusCounts:
+    """Write ``studies`` phantom studies into ``out`` split three ways (a folder written earlier is replaced)."""
+    if studies < 1:
+        raise ValueError("a corpus needs at least one study")
+    for split in SPLITS:
+        shutil.rmtree(out / split, ignore_errors=True)
+    counts = CorpusCounts()
+    conversations: dict[str, list[Conversation]] = {split: [] for split in SPLITS}
+    questions: dict[str, list[str]] = {split: [] for split in SPLITS}
+    for index in range(studies):
+        split = split_of(seed, index)
+        rng = np.random.default_rng([seed, index])
+        findings = sample_findings(rng)
+        reverse = bool(rng.random() < reversed_fraction)
+        folder = out / split / "studies" / f"{index:05d}"
+        if rng.random() < radiograph_fraction:
+            truth = write_cr_chest(folder, findings, seed=seed * 1_000_003 + index, reversed_columns=reverse)
+            media = ContentPart("image", str(folder / truth.files[0]))
+        else:
+            layout = dataclasses.replace(geometry or Geometry(), reversed_columns=reverse)
+            truth = write_ct_chest(folder, findings, seed=seed * 1_000_003 + index, geometry=layout)
+            media = ContentPart("series", str(folder))
+        counts.studies[split] += 1
+        group = f"phantom-{seed}-{index:05d}"
+        pairs = question_answers(truth, rng, held_out=split == "test")
+        for number, pair in enumerate(pairs):
+            conversations[split].append(_conversation(f"{group}-q{number}", group, media, pair.question, pair.answer))
+            questions[split].append(json.dumps(_question_record(folder, out / split, truth, pair, number)))
+        conversations[split].append(
+            _conversation(f"{group}-report", group, media, DRAFT_REQUEST, reference_report(truth))
+        )
+        counts.questions[split] += len(pairs)
+    for split in SPLITS:
+        (out / split).mkdir(parents=True, exist_ok=True)
+        counts.conversations[split] = write_conversations(out / split / "conversations.jsonl", conversations[split])
+        write_atomically(out / split / "questions.jsonl", "".join(line + "\n" for line in questions[split]))
+    return counts
+
+
+def _conversation(identifier: str, group: str, media: ContentPart, question: str, answer: str) -> Conversation:
+    return Conversation(
+        turns=(
+            Turn("system", (ContentPart("text", SYSTEM),)),
+            Turn("user", (media, ContentPart("text", question))),
+            Turn("assistant", (ContentPart("text", answer),)),
+        ),
+        id=identifier,
+        group=group,
+    )
+
+
+def _question_record(folder: Path, base: Path, truth: GroundTruth, pair: object, number: int) -> dict[str, object]:
+    return {
+        "id": f"{folder.name}-q{number}",
+        "study": str(folder.relative_to(base)),
+        "modality": truth.modality,
+        "question": pair.question,  # type: ignore[attr-defined]
+        "answer": pair.answer,  # type: ignore[attr-defined]
+        "kind": pair.kind,  # type: ignore[attr-defined]
+        "closed": pair.closed,  # type: ignore[attr-defined]
+        "reversed": truth.reversed_columns or truth.reversed_rows,
+        "normal": truth.findings.normal,
+    }

@@ -57,6 +57,7 @@ def _register_commands() -> None:
     cli.command("convert-whisper")(model.convert_whisper)
     cli.command("make-conversations")(train.make_conversations)
     cli.command()(train.phantoms)
+    cli.command("eval")(train.evaluate_benchmark)
     cli.command()(train.train)
     cli.command()(train.retrain)
     cli.add_typer(users_cli)

@@ -28,6 +28,8 @@ from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage, Explici
 from omniclinic_common.files import write_atomically
 
 GROUND_TRUTH = "ground_truth.json"
+SERIES_FOLDER = "series"
+"""A CT's slices go in this folder of the study's, apart from its ground truth: a series folder holds DICOM only."""
 DENSITY_HU = {"solid": 40.0, "fluid": 5.0, "fat": -90.0, "calcified": 600.0}
 MASS_MM = 30.0
 """A lesion of this diameter or more is a mass; smaller, a nodule (Fleischner glossary)."""
@@ -182,7 +184,7 @@ def _header(modality: str, sop_class: str, study: str, series: str, number: int,
 
 
 def write_ct_chest(folder: Path, findings: ChestFindings, *, seed: int, geometry: Geometry = Geometry()) -> GroundTruth:
-    """An axial chest CT of ``findings`` in ``folder`` (one file per slice), with its ground truth."""
+    """An axial chest CT of ``findings``: one file per slice in ``folder/series``, the ground truth in ``folder``."""
     rng = np.random.default_rng(seed)
     study, series = generate_uid(), generate_uid()
     g = geometry
@@ -209,7 +211,7 @@ def write_ct_chest(folder: Path, findings: ChestFindings, *, seed: int, geometry
         ds.WindowCenter, ds.WindowWidth = -600, 1500
         ds.KVP = 120
         ds.PixelData = np.clip(np.rint(hu + 1024), 0, 4095).astype(np.uint16).tobytes()
-        name = f"{number + 1:04d}.dcm"
+        name = f"{SERIES_FOLDER}/{number + 1:04d}.dcm"
         _write(ds, folder / name)
         truth.files.append(name)
     write_atomically(folder / GROUND_TRUTH, json.dumps(truth.as_dict(), indent=1) + "\n")

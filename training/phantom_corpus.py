@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from medical_data.phantoms import (
+    SERIES_FOLDER,
     Geometry,
     GroundTruth,
     question_answers,
@@ -33,12 +34,13 @@ from medical_data.phantoms import (
     write_ct_chest,
 )
 from medical_data.report_formats import DRAFT_REQUEST
+from omni_core.prompts import SYSTEM_PROMPT
 from omniclinic_common.files import write_atomically
 from training.conversations import ContentPart, Conversation, Turn, write_conversations
 
 SPLITS = ("train", "validation", "test")
+REFERENCE_REPORT = "reference_report.txt"
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
-SYSTEM = "You are omniclinic, an assistant for radiologists."
 
 
 @dataclass
@@ -83,16 +85,16 @@ def build_corpus(
         else:
             layout = dataclasses.replace(geometry or Geometry(), reversed_columns=reverse)
             truth = write_ct_chest(folder, findings, seed=seed * 1_000_003 + index, geometry=layout)
-            media = ContentPart("series", str(folder))
+            media = ContentPart("series", str(folder / SERIES_FOLDER))
         counts.studies[split] += 1
         group = f"phantom-{seed}-{index:05d}"
         pairs = question_answers(truth, rng, held_out=split == "test")
         for number, pair in enumerate(pairs):
             conversations[split].append(_conversation(f"{group}-q{number}", group, media, pair.question, pair.answer))
             questions[split].append(json.dumps(_question_record(folder, out / split, truth, pair, number)))
-        conversations[split].append(
-            _conversation(f"{group}-report", group, media, DRAFT_REQUEST, reference_report(truth))
-        )
+        report = reference_report(truth)
+        write_atomically(folder / REFERENCE_REPORT, report + "\n")
+        conversations[split].append(_conversation(f"{group}-report", group, media, DRAFT_REQUEST, report))
         counts.questions[split] += len(pairs)
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
@@ -104,7 +106,7 @@ def build_corpus(
 def _conversation(identifier: str, group: str, media: ContentPart, question: str, answer: str) -> Conversation:
     return Conversation(
         turns=(
-            Turn("system", (ContentPart("text", SYSTEM),)),
+            Turn("system", (ContentPart("text", SYSTEM_PROMPT),)),
             Turn("user", (media, ContentPart("text", question))),
             Turn("assistant", (ContentPart("text", answer),)),
         ),

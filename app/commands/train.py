@@ -255,3 +255,30 @@ def phantoms(
             f"{split:<10} {counts.studies[split]:>6} studies {counts.questions[split]:>7} questions "
             f"{counts.conversations[split]:>7} conversations  {out / split}"
         )
+
+
+def evaluate_benchmark(
+    model: Annotated[Path, typer.Option("--model", help="A model folder (from_pretrained), with its tokenizer.")],
+    benchmark: Annotated[str, typer.Option("--benchmark", help="phantoms, vqa-rad, slake, pathvqa or gmai-mmbench.")],
+    data: Annotated[Path, typer.Option("--data", help="The benchmark's local copy (a folder or its file).")],
+    out: Annotated[Path, typer.Option("--out", help="Where metrics.json, metrics.md and predictions go.")] = Path(
+        "eval"
+    ),
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Ask only the first N questions.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=1024)] = 48,
+) -> None:
+    """Ask a model a benchmark's questions and score them: closed-question accuracy, open-question recall,
+    multiple-choice accuracy; for phantoms also side accuracy by orientation, report findings F1 and
+    invented findings on normal studies."""
+    import json
+
+    from training.benchmarks import BenchmarkError, run
+
+    if not (model / "config.json").is_file():
+        raise fail("--model must be a model folder (config.json, weights, tokenizer)", EXIT_USAGE)
+    try:
+        metrics = run(model, benchmark, data, out, limit=limit, max_new_tokens=max_new_tokens)
+    except BenchmarkError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    typer.echo(json.dumps(metrics, indent=1))
+    typer.echo(f"metrics in {out / 'metrics.json'} and {out / 'metrics.md'}")

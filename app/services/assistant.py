@@ -25,15 +25,12 @@ from typing import Any
 import numpy as np
 
 from app.core.config import Settings
+from omni_core.prompts import SYSTEM_PROMPT
 
 logger = logging.getLogger("omniclinic.assistant")
 
 SERVING_RECORD = "serving.json"
 """Written into a model folder by whatever built it: its display name and the parts never trained."""
-SYSTEM_PROMPT = (
-    "You are omniclinic, an assistant for radiologists. Answer questions about the study shown, briefly "
-    "and factually. Say when you cannot tell."
-)
 UNTRAINED_CAUTION = (
     "Demonstration model: its image and audio parts are untrained, so this answer is not based on the "
     "image. Not a finding; not for clinical decisions."

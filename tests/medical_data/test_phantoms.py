@@ -29,7 +29,7 @@ CALCIFIED = Lesion("left", "lower", 30.0, "calcified", (70.0, 10.0, -30.0))
 def patient_points(folder: Path, low: float, high: float) -> np.ndarray:
     """Patient coordinates (mm) of the voxels whose HU lies in [low, high], from each slice's own geometry."""
     points = []
-    for path in sorted(folder.glob("*.dcm")):
+    for path in sorted((folder / "series").glob("*.dcm")):
         ds = pydicom.dcmread(path)
         hu = ds.pixel_array.astype(float) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
         rows, columns = np.nonzero((hu >= low) & (hu <= high))
@@ -57,7 +57,7 @@ def test_a_lesion_is_where_and_as_large_as_the_ground_truth_says(tmp_path: Path,
     assert (
         saved["study_instance_uid"]
         == truth.study_instance_uid
-        == pydicom.dcmread(tmp_path / "0001.dcm").StudyInstanceUID
+        == pydicom.dcmread(tmp_path / "series" / "0001.dcm").StudyInstanceUID
     )
     assert saved["findings"]["lesions"][0] | {"centre_mm": None} == {
         "side": "left", "lobe": "lower", "diameter_mm": 30.0, "density": "calcified", "kind": "mass", "centre_mm": None
@@ -70,8 +70,8 @@ def test_a_series_stored_reversed_reads_as_the_same_patient(tmp_path: Path) -> N
     write_ct_chest(tmp_path / "usual", findings, seed=5)
     write_ct_chest(tmp_path / "reversed", findings, seed=5, geometry=Geometry(reversed_columns=True))
 
-    usual = load_series(sorted((tmp_path / "usual").glob("*.dcm"))).as_tensor().numpy()
-    mirrored = load_series(sorted((tmp_path / "reversed").glob("*.dcm"))).as_tensor().numpy()
+    usual = load_series(sorted((tmp_path / "usual" / "series").glob("*.dcm"))).as_tensor().numpy()
+    mirrored = load_series(sorted((tmp_path / "reversed" / "series").glob("*.dcm"))).as_tensor().numpy()
 
     # the same anatomy on the same side (only the lung's noise differs); read naively, the sides swap
     assert (np.abs(usual - mirrored) > 0.3).mean() < 0.001
@@ -109,10 +109,10 @@ def test_a_radiograph_shows_the_phantom_with_the_patients_left_on_the_right(tmp_
     usual = load_image(tmp_path / "usual" / "0001.dcm").as_tensor()[0, 0].numpy()
     mirrored = load_image(tmp_path / "mirrored" / "0001.dcm").as_tensor()[0, 0].numpy()
     assert np.array_equal(usual, mirrored)  # PatientOrientation R\\F is read and undone
-    clear = load_image(
-        write_cr_chest(tmp_path / "clear", ChestFindings(), seed=2).files and tmp_path / "clear" / "0001.dcm"
-    )
-    difference = usual - clear.as_tensor()[0, 0].numpy()  # what the effusion adds, by image half
+    write_cr_chest(tmp_path / "clear", ChestFindings(), seed=2)
+    difference = (
+        usual - load_image(tmp_path / "clear" / "0001.dcm").as_tensor()[0, 0].numpy()
+    )  # what the effusion adds, by image half
     assert difference[:, :88].sum() > 5 * abs(difference[:, 88:].sum())  # the patient's right: image left
     header = pydicom.dcmread(tmp_path / "usual" / "0001.dcm")
     assert header.Modality == "CR" and header.ViewPosition == "PA" and list(header.PatientOrientation) == ["L", "F"]

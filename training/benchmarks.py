@@ -50,6 +50,8 @@ class Item:
     closed: bool
     options: dict[str, str] = field(default_factory=dict)
     reversed: bool = False
+    audio: Path | None = None
+    """The question spoken (phantoms with spoken questions)."""
 
 
 def words(text: str) -> list[str]:
@@ -194,7 +196,7 @@ def read_phantoms(data: Path) -> list[Item]:
         items.append(
             Item(
                 record["id"], image, record["question"], record["answer"], record["kind"], record["closed"],
-                reversed=record["reversed"],
+                reversed=record["reversed"], audio=split / record["audio"] if record.get("audio") else None,
             )
         )  # fmt: skip
     return items
@@ -294,6 +296,42 @@ def read_benchmark(name: str, data: Path, work_dir: Path) -> list[Item]:
         raise BenchmarkError(f"a row lacks the field {exc.args[0]!r} its format needs") from None
 
 
+def score_spoken(items: list[Item], typed: list[str], ask: Callable[..., str]) -> dict[str, Any]:
+    """The spoken closed questions asked both ways: the model hearing the audio itself, and the model
+    reading the recognizer's transcript (what the clinician sees); beside them, the same questions typed,
+    and the recognizer's word error rate on them."""
+    import jiwer
+
+    from medical_data.audio import decode_audio
+    from omni_core.speech.asr import RecognitionOptions, SpeechRecognizer, resolve_model
+    from omni_core.speech.errors import NoSpeechDetected
+
+    spoken = [(item, answer) for item, answer in zip(items, typed, strict=True) if item.audio and item.closed]
+    if not spoken:
+        return {"spoken_questions": 0, "spoken_closed_accuracy": None, "transcribed_closed_accuracy": None}
+    recognizer = SpeechRecognizer(resolve_model("tiny.en", Path.home()), options=RecognitionOptions(vocabulary=()))
+    heard, read, same_typed, transcripts = [], [], [], []
+    for item, typed_answer in spoken:
+        audio = item.audio or Path()
+        heard.append(closed_correct(ask(item.image, item.question, audio), item.answer))
+        try:
+            transcript = recognizer.transcribe(decode_audio(audio).samples).text.strip()
+        except NoSpeechDetected:
+            transcript = ""
+        transcripts.append(transcript)
+        read.append(closed_correct(ask(item.image, transcript), item.answer) if transcript else False)
+        same_typed.append(closed_correct(typed_answer, item.answer))
+    references = [" ".join(words(item.question)) for item, _ in spoken]
+    hypotheses = [" ".join(words(transcript)) or "-" for transcript in transcripts]
+    return {
+        "spoken_questions": len(spoken),
+        "spoken_closed_accuracy": round(sum(heard) / len(heard), 4),
+        "transcribed_closed_accuracy": round(sum(read) / len(read), 4),
+        "typed_closed_accuracy_same_questions": round(sum(same_typed) / len(same_typed), 4),
+        "question_word_error_rate": round(float(jiwer.wer(references, hypotheses)), 4),
+    }
+
+
 # -- running -----------------------------------------------------------------------------------------
 def run(
     model_dir: Path,
@@ -330,12 +368,11 @@ def run(
     )
 
     @torch.no_grad()
-    def ask(image: Path, question: str) -> str:
+    def ask(image: Path, question: str, audio: Path | None = None) -> str:
         media = ContentPart("series" if image.is_dir() else "image", str(image))
-        turns = (
-            Turn("system", (ContentPart("text", SYSTEM_PROMPT),)),
-            Turn("user", (media, ContentPart("text", question))),
-        )
+        system = Turn("system", (ContentPart("text", SYSTEM_PROMPT),))
+        asked = ContentPart("audio", str(audio)) if audio is not None else ContentPart("text", question)
+        turns = (system, Turn("user", (media, asked)))
         prompt = processor(reader.messages(Conversation(turns=turns, id="eval")), add_generation_prompt=True)
         result = model.generate(prompt.input_ids, options=options, **prompt.model_kwargs())
         return tokenizer.decode([t for t in result.token_ids if t not in processor.control_ids]).strip()
@@ -355,7 +392,7 @@ def run(
             truth = json.loads((folder / "ground_truth.json").read_text(encoding="utf-8"))
             drafts.append((ask(image, DRAFT_REQUEST), reference, bool(truth["normal"])))
         metrics |= score_reports(drafts)
-        metrics["spoken_closed_accuracy"] = None  # spoken questions are not in the corpus yet
+        metrics |= score_spoken(items, answers, ask)
     lines = [
         json.dumps({"id": i.id, "question": i.question, "answer": i.answer, "kind": i.kind, "prediction": a})
         for i, a in zip(items, answers, strict=True)

@@ -6,7 +6,10 @@
 - ``SPLIT/conversations.jsonl``: the training format (``training.conversations``), one conversation
   per question and one per report (the drafting prompt answered with the reference report);
 - ``SPLIT/questions.jsonl``: what evaluation asks, one line per question: the study, the question,
-  the answer, its kind, whether it is closed, and whether the study is stored reversed.
+  the answer, its kind, whether it is closed, and whether the study is stored reversed;
+- ``SPLIT/audio/``: with ``spoken_fraction``, closed questions also asked aloud (espeak-ng voices,
+  rates, pitches, noise), as a spoken conversation (the model hears the audio) and a ``questions.jsonl``
+  ``audio`` field.
 
 Splits are drawn per study from the seed alone, so the same seed gives the same corpus. The test split
 is held out: its questions use phrasings the other splits never use (``medical_data.phantoms``), and
@@ -40,6 +43,7 @@ from training.conversations import ContentPart, Conversation, Turn, write_conver
 
 SPLITS = ("train", "validation", "test")
 REFERENCE_REPORT = "reference_report.txt"
+VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb+m3", "en-us+f4", "en-gb-scotland")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
 
@@ -63,6 +67,7 @@ def build_corpus(
     seed: int = 0,
     radiograph_fraction: float = 0.3,
     reversed_fraction: float = 0.25,
+    spoken_fraction: float = 0.0,
     geometry: Geometry | None = None,
 ) -> CorpusCounts:
     """Write ``studies`` phantom studies into ``out`` split three ways (a folder written earlier is replaced)."""
@@ -91,7 +96,15 @@ def build_corpus(
         pairs = question_answers(truth, rng, held_out=split == "test")
         for number, pair in enumerate(pairs):
             conversations[split].append(_conversation(f"{group}-q{number}", group, media, pair.question, pair.answer))
-            questions[split].append(json.dumps(_question_record(folder, out / split, truth, pair, number)))
+            record = _question_record(folder, out / split, truth, pair, number)
+            if pair.closed and rng.random() < spoken_fraction:  # the question asked aloud as well
+                audio = out / split / "audio" / f"{folder.name}-q{number}.wav"
+                speak_question(pair.question, audio, rng)
+                record["audio"] = str(audio.relative_to(out / split))
+                conversations[split].append(
+                    _conversation(f"{group}-q{number}-spoken", group, media, pair.question, pair.answer, audio=audio)
+                )
+            questions[split].append(json.dumps(record))
         report = reference_report(truth)
         write_atomically(folder / REFERENCE_REPORT, report + "\n")
         conversations[split].append(_conversation(f"{group}-report", group, media, DRAFT_REQUEST, report))
@@ -103,11 +116,29 @@ def build_corpus(
     return counts
 
 
-def _conversation(identifier: str, group: str, media: ContentPart, question: str, answer: str) -> Conversation:
+def speak_question(text: str, target: Path, rng: np.random.Generator) -> None:
+    """``text`` spoken by a varied speaker (espeak-ng voice, rate, pitch) over noise at 15-35 dB SNR."""
+    from omni_core.speech.encode import wav_bytes
+    from omni_core.speech.tts import EspeakSynthesizer, speak
+
+    synthesizer = EspeakSynthesizer(
+        voice=str(rng.choice(VOICES)), words_per_minute=int(rng.integers(130, 200)), pitch=int(rng.integers(25, 75))
+    )
+    samples = speak(synthesizer, text)
+    rms = float(np.sqrt(np.mean(samples**2))) or 1e-3
+    noise = rng.normal(0.0, rms / 10 ** (rng.uniform(15, 35) / 20), size=samples.shape).astype(np.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(target, wav_bytes(samples + noise, synthesizer.sample_rate))
+
+
+def _conversation(
+    identifier: str, group: str, media: ContentPart, question: str, answer: str, *, audio: Path | None = None
+) -> Conversation:
+    asked = ContentPart("audio", str(audio)) if audio is not None else ContentPart("text", question)
     return Conversation(
         turns=(
             Turn("system", (ContentPart("text", SYSTEM_PROMPT),)),
-            Turn("user", (media, ContentPart("text", question))),
+            Turn("user", (media, asked)),
             Turn("assistant", (ContentPart("text", answer),)),
         ),
         id=identifier,

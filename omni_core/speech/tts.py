@@ -83,11 +83,15 @@ class EspeakSynthesizer:
     name = "espeak"
     sample_rate = 22_050
 
-    def __init__(self, executable: str | None = None, voice: str = "en-us", words_per_minute: int = 165) -> None:
+    def __init__(
+        self, executable: str | None = None, voice: str = "en-us", words_per_minute: int = 165, pitch: int = 50
+    ) -> None:
         found = executable or shutil.which("espeak-ng")
         if found is None:
             raise SynthesisError("espeak-ng is not installed: apt-get install espeak-ng")
-        self._command = [found, "-v", voice, "-s", str(words_per_minute), "--stdout", "--stdin"]
+        if not 0 <= pitch <= 99:
+            raise ValueError("espeak-ng's pitch runs from 0 to 99")
+        self._command = [found, "-v", voice, "-s", str(words_per_minute), "-p", str(pitch), "--stdout", "--stdin"]
 
     def synthesize_sentence(self, text: str) -> np.ndarray:
         try:

@@ -106,7 +106,7 @@ def test_eval_asks_a_model_folder_the_phantom_questions_and_writes_metrics(tmp_p
     from omni_core.tokenization import character_tokenizer
     from training.phantom_corpus import build_corpus
 
-    build_corpus(tmp_path / "corpus", studies=6, seed=4)
+    build_corpus(tmp_path / "corpus", studies=6, seed=4, spoken_fraction=1.0)
     torch.manual_seed(0)
     OmniForConditionalGeneration(OmniConfig.from_preset("tiny")).save_pretrained(tmp_path / "model")
     character_tokenizer().save_pretrained(str(tmp_path / "model"))
@@ -120,7 +120,9 @@ def test_eval_asks_a_model_folder_the_phantom_questions_and_writes_metrics(tmp_p
     assert metrics["questions"] == 12 and metrics["closed_questions"] + metrics["open_questions"] == 12
     for key in ("closed_accuracy", "report_findings_f1"):
         assert 0.0 <= metrics[key] <= 1.0
-    assert metrics["spoken_closed_accuracy"] is None
+    assert metrics["spoken_questions"] > 0 and 0.0 <= metrics["spoken_closed_accuracy"] <= 1.0
+    assert 0.0 <= metrics["transcribed_closed_accuracy"] <= 1.0
+    assert metrics["question_word_error_rate"] < 0.9  # it hears speech of the question (noise would be ~1)
     assert "| closed_accuracy |" in (tmp_path / "eval" / "metrics.md").read_text()
     assert len((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()) == 12
     refused = CliRunner().invoke(cli, ["eval", "--model", str(tmp_path), "--benchmark", "phantoms", "--data", "x"])

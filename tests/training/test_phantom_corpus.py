@@ -51,3 +51,19 @@ def test_the_phantoms_command_writes_the_corpus(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["phantoms", "--out", str(tmp_path / "corpus"), "--studies", "6", "--seed", "1"])
     assert result.exit_code == 0, result.output
     assert "train" in result.output and (tmp_path / "corpus" / "train" / "conversations.jsonl").is_file()
+
+
+def test_spoken_questions_are_written_as_audio_the_model_hears(tmp_path: Path) -> None:
+    from medical_data.audio import decode_audio
+
+    build_corpus(tmp_path, studies=3, seed=5, spoken_fraction=1.0)
+    split = next(tmp_path / s for s in SPLITS if (tmp_path / s / "audio").is_dir())
+    records = [json.loads(line) for line in (split / "questions.jsonl").read_text().splitlines()]
+    spoken = [r for r in records if r.get("audio")]
+    assert spoken and all(r["closed"] for r in spoken)
+    audio = decode_audio(split / spoken[0]["audio"])
+    assert 0.5 < len(audio.samples) / audio.sample_rate < 10
+    conversations = load_conversations(split / "conversations.jsonl")
+    heard = [c for c in conversations if c.id.endswith("-spoken")]
+    assert len(heard) == len(spoken)
+    assert all(part.kind != "text" for part in heard[0].turns[1].parts)  # the question is only heard

@@ -1,7 +1,8 @@
 """Batch report drafting throughput: studies per minute, from a folder with 1 and 2 workers, and from Orthanc.
 
 The model is the one `make serve` loads (demo-cpu: SmolLM2-135M backbone; OMNICLINIC_BENCH_PRESET=tiny
-for a quick run), answers capped at 48 tokens. The worklist is generated CT studies (8 slices of 128x128).
+for a quick run), answers capped at 48 tokens. The worklist is phantom chest CTs (``medical_data.phantoms``:
+32 slices of 80x80, with findings).
 
 - folder, 1 worker: the baseline (one process, all cores for torch: what a user gets by default);
 - folder, 2 workers (`--workers 2`: two processes, one core each): the scaling ratio to the baseline;
@@ -31,35 +32,13 @@ STUDIES = int(os.environ.get("OMNICLINIC_BENCH_STUDIES", "8"))
 
 
 def make_worklist(folder: Path, count: int) -> None:
+    """Phantom chest CTs with findings (the default model's own kind of study), one folder each."""
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-    rng = np.random.default_rng(0)
+    from medical_data.phantoms import sample_findings, write_ct_chest
+
     for number in range(count):
-        study, series = generate_uid(), generate_uid()
-        for index in range(8):
-            ds = Dataset()
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds.SOPClassUID = CTImageStorage
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-            ds.Modality, ds.BodyPartExamined, ds.StudyDate = "CT", "CHEST", "20240105"
-            ds.PatientName, ds.PatientID, ds.AccessionNumber = f"Bench^{number}", f"B{number}", f"BENCH{number}"
-            ds.InstanceNumber = index + 1
-            ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2.5 * index], [1, 0, 0, 0, 1, 0]
-            ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 2.5
-            ds.Rows = ds.Columns = 128
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.BitsAllocated = ds.BitsStored = 16
-            ds.HighBit, ds.PixelRepresentation = 15, 0
-            ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-            ds.PixelData = rng.integers(0, 2000, (128, 128), dtype=np.uint16).tobytes()
-            target = folder / f"study{number}" / f"{index}.dcm"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            ds.save_as(target, enforce_file_format=True)
+        write_ct_chest(folder / f"study{number}", sample_findings(np.random.default_rng(number)), seed=number)
 
 
 def run(arguments: list[str], env: dict[str, str], out: Path, world: int) -> tuple[float, float, int]:
@@ -94,7 +73,8 @@ def main() -> None:
     warm = [sys.executable, "-c", "from app.core.config import load_settings; from app.services.assistant import "
             "Assistant; Assistant(load_settings()).load()"]  # fmt: skip
     subprocess.run(warm, env=env, check=True, cwd=ROOT)  # the demo model built once, outside the timings
-    print(f"{STUDIES} CT studies of 8 slices, model preset {preset}, answers up to 48 tokens, {os.cpu_count()} cores")
+    cores = os.cpu_count()
+    print(f"{STUDIES} phantom chest CTs of 32 slices, preset {preset}, answers up to 48 tokens, {cores} cores")
 
     one = run([str(source), "--workers", "1"], env, work / "one", 1)
     two = run([str(source), "--workers", "2"], env, work / "two", 2)

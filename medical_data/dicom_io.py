@@ -11,6 +11,7 @@ import contextlib
 import functools
 import io
 import os
+import re
 import struct
 import warnings
 import zlib
@@ -342,6 +343,15 @@ def _check_pixel_data(dataset: Dataset, limits: DicomLimits) -> None:
 def _rewind(source: object) -> None:
     if hasattr(source, "seek"):
         source.seek(0)  # type: ignore[attr-defined]
+
+
+UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def valid_uid(value: str) -> bool:
+    """A DICOM UID (PS3.5 9.1): digit components joined by dots, at most 64 characters. Only such a
+    value ever names a file, a folder or a URL path here."""
+    return 0 < len(value) <= 64 and bool(UID_PATTERN.match(value))
 
 
 def write_atomically(dataset: Dataset, destination: Path) -> None:

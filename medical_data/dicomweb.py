@@ -7,7 +7,6 @@ network condition, never a URL path (it holds UIDs) or anything the PACS sent ba
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,10 +16,10 @@ from urllib.parse import urlsplit
 
 from pydicom.dataset import Dataset
 
+from medical_data.dicom_io import valid_uid
 from medical_data.errors import MedicalDataError
 
 T = TypeVar("T")
-UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 STUDY_FIELDS = ("StudyInstanceUID", "AccessionNumber", "StudyDate", "StudyDescription", "ModalitiesInStudy")
 QIDO_PAGE = 500
 MAX_STUDIES = 100_000
@@ -244,11 +243,6 @@ class Pacs:
             )
             if not listed:
                 raise PacsRefused("the PACS acknowledged an instance but does not hold it (a filter refused it)")
-
-
-def valid_uid(value: str) -> bool:
-    """A DICOM UID: digits and dots, at most 64 characters."""
-    return 0 < len(value) <= 64 and bool(UID.match(value))
 
 
 def _loopback(host: str) -> bool:

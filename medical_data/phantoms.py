@@ -25,6 +25,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from medical_data.dicom_io import write_atomically as write_dicom
 from omniclinic_common.files import write_atomically
 
 GROUND_TRUTH = "ground_truth.json"
@@ -212,7 +213,7 @@ def write_ct_chest(folder: Path, findings: ChestFindings, *, seed: int, geometry
         ds.KVP = 120
         ds.PixelData = np.clip(np.rint(hu + 1024), 0, 4095).astype(np.uint16).tobytes()
         name = f"{SERIES_FOLDER}/{number + 1:04d}.dcm"
-        _write(ds, folder / name)
+        write_dicom(ds, folder / name)
         truth.files.append(name)
     write_atomically(folder / GROUND_TRUTH, json.dumps(truth.as_dict(), indent=1) + "\n")
     return truth
@@ -242,17 +243,10 @@ def write_cr_chest(folder: Path, findings: ChestFindings, *, seed: int, reversed
     ds.ImagerPixelSpacing = [pixel_mm, pixel_mm]
     ds.Rows = ds.Columns = size
     ds.PixelData = np.rint(image).astype(np.uint16).tobytes()
-    _write(ds, folder / "0001.dcm")
+    write_dicom(ds, folder / "0001.dcm")
     truth = GroundTruth("CR", "CHEST", study, findings, reversed_columns, False, ["0001.dcm"])
     write_atomically(folder / GROUND_TRUTH, json.dumps(truth.as_dict(), indent=1) + "\n")
     return truth
-
-
-def _write(dataset: Dataset, path: Path) -> None:
-    from medical_data.dicom_io import write_atomically as write_dicom
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_dicom(dataset, path)
 
 
 # -- questions and reports ---------------------------------------------------------------------------

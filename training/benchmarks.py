@@ -90,14 +90,13 @@ def _json_list(path: Path) -> list[dict[str, Any]]:
     return loaded
 
 
-def _find(data: Path, *names: str) -> Path:
-    for name in names:
-        if (data / name).is_file():
-            return data / name
-    found = sorted(p for p in data.glob("*.json") if p.is_file()) if "*.json" in names else []
-    if found:
-        return found[0]
-    raise BenchmarkError(f"no {' or '.join(names)} in the data folder")
+def _find(data: Path, *patterns: str) -> Path:
+    """The first file in ``data`` a pattern matches, trying the patterns in order (a name is a pattern)."""
+    for pattern in patterns:
+        found = sorted(path for path in data.glob(pattern) if path.is_file())
+        if found:
+            return found[0]
+    raise BenchmarkError(f"no {' or '.join(patterns)} in the data folder")
 
 
 def read_vqa_rad(data: Path) -> list[Item]:
@@ -151,11 +150,7 @@ def read_pathvqa(data: Path) -> list[Item]:
 
 
 def read_gmai_mmbench(data: Path, work_dir: Path) -> list[Item]:
-    path = (
-        data
-        if data.is_file()
-        else _find(data, "test.tsv", "GMAI_mm_bench_VAL.tsv", *sorted(p.name for p in data.glob("*.tsv")))
-    )
+    path = data if data.is_file() else _find(data, "test.tsv", "GMAI_mm_bench_VAL.tsv", "*.tsv")
     base = path.parent
     try:
         rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")), delimiter="\t"))

@@ -112,12 +112,6 @@ class StudyOutcome:
     seconds: float = 0.0
     stored: bool = False
 
-    def public(self) -> dict[str, object]:
-        """For the console: everything but the UID."""
-        data = asdict(self)
-        del data["study_instance_uid"]
-        return data
-
 
 @dataclass
 class ShardSummary:
@@ -388,7 +382,6 @@ class Drafter:
         return outcome
 
     def _draft(self, source: StudySource, item: WorkItem, work_dir: Path, outcome: StudyOutcome) -> None:
-        from medical_data.dicom_io import read_dicom
         from medical_data.report_formats import ReportDraft
 
         try:  # from the first byte fetched, the study has been read: the event is recorded either way
@@ -402,7 +395,8 @@ class Drafter:
             raise
         self._audit_read(item, success=True)
         outcome.images = study.instance_count
-        header = read_dicom(series.instances[0].path, stop_before_pixels=True)
+        first = series.instances[0].sop_instance_uid  # its header was read with the others
+        header = next(h for h in headers if str(h.SOPInstanceUID) == first)
         written = self._ask(volume)
         findings, impression = split_sections(written)
         indication = source.indication(item)[:MAX_INDICATION_CHARS]

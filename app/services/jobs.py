@@ -43,7 +43,6 @@ logger = logging.getLogger("omniclinic.jobs")
 
 DRAFT_JOB = "draft-reports"
 MAX_JOB_STUDIES = 10_000
-FINAL_STATUSES = ("finished", "failed")
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
 """The process that queues a job runs it (its queue is in memory)."""
 

@@ -9,7 +9,6 @@ audit trail in the same unit of work as the data it covers (fail closed).
 from __future__ import annotations
 
 import io
-import re
 import shutil
 import threading
 import uuid
@@ -25,10 +24,9 @@ from app.core.config import Settings
 from app.models import Study, Turn
 from app.services.auditing import Actor, record_access
 from audit import Action, unit_of_work
-from medical_data.dicom_io import DEFAULT_LIMITS
+from medical_data.dicom_io import DEFAULT_LIMITS, valid_uid
 from medical_data.discovery import ArchiveLimits, Rejection, ScanResult, SeriesRef, scan
 
-UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 DICOM_MAGIC_OFFSET = 128
 VOLUME_CACHE = 4
 SCAN_CACHE = 64
@@ -63,10 +61,6 @@ def upload_kind(head: bytes) -> str | None:
     if head[:4] == b"PK\x03\x04":
         return "zip"
     return None
-
-
-def valid_uid(value: str) -> bool:
-    return 0 < len(value) <= 64 and bool(UID.match(value))
 
 
 class StudyStore:

@@ -82,6 +82,11 @@ class VisionConfig:
     min_pixels: int = 3136
     max_pixels: int = 3_211_264
     max_frames: int = 32
+    slab_projection: str = "sample"
+    """How a series longer than ``max_frames`` is thinned: ``sample`` keeps evenly spaced slices (the
+    release's way); ``max`` makes each kept frame the maximum-intensity projection of its slab of
+    slices (a thick-slab MIP, how radiologists search a chest CT for nodules), so a small dense
+    finding that lies between kept slices is not lost."""
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
 
@@ -89,6 +94,8 @@ class VisionConfig:
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)  # JSON gives lists
         if self.embed_dim % self.num_heads:
             raise ValueError("vision embed_dim must be divisible by num_heads")
+        if self.slab_projection not in ("sample", "max"):
+            raise ValueError("vision slab_projection must be 'sample' or 'max'")
         if (self.embed_dim // self.num_heads) % 4:
             raise ValueError("vision head dim must be divisible by 4 (2D rotary halves)")
         if self.min_pixels > self.max_pixels:
@@ -350,7 +357,13 @@ def _demo_cpu() -> OmniConfig:
     """SmolLM2-135M-Instruct (its exact architecture), Whisper tiny.en's encoder, a small vision encoder."""
     return OmniConfig(
         vision=VisionConfig(
-            depth=6, embed_dim=256, num_heads=4, min_pixels=56 * 56, max_pixels=448 * 448, max_frames=8
+            depth=6,
+            embed_dim=256,
+            num_heads=4,
+            min_pixels=56 * 56,
+            max_pixels=448 * 448,
+            max_frames=8,
+            slab_projection="max",
         ),
         audio=AudioConfig(  # Whisper tiny.en's encoder (from_components(whisper=convert-whisper tiny.en))
             num_mel_bins=80,

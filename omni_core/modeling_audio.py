@@ -145,6 +145,23 @@ class AudioTokenizer(nn.Module):
             AudioTokenizerOutput with codes (B, T, L), T = tokens_for_frames(frames); codes past a
             clip's own tokens are -1.
         """
+        frames = mel.shape[-1]
+        pooled, token_mask = self.pooled(mel, mel_frames)
+        quantized, codes, commit = self.rvq(pooled, mask=None if mel_frames is None else token_mask)
+        output = AudioTokenizerOutput(codes=codes, quantized=quantized, commit_loss=commit.sum())
+        if reconstruct:
+            lengths = torch.full((mel.shape[0],), frames) if mel_frames is None else torch.as_tensor(mel_frames)
+            real = frame_mask(lengths.to(mel.device), frames)
+            reconstructed = self.decoder(quantized, token_mask)[..., :frames]
+            target = mel.to(reconstructed.dtype)
+            weights = real[:, None].to(reconstructed.dtype)
+            output.mel_loss = ((reconstructed - target).abs() * weights).sum() / (weights.sum() * target.shape[1])
+            output.reconstructed_mel = reconstructed
+        return output
+
+    def pooled(self, mel: torch.Tensor, mel_frames: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's features pooled to 12.5 Hz, before quantization: (B, T, d) and the mask of
+        each clip's own tokens (B, T). What ``forward`` quantizes, and what codebooks are fitted to."""
         batch, _, frames = mel.shape
         if frames > 2 * self.config.max_source_positions:
             raise ValueError(f"audio longer than {self.config.max_audio_seconds} s; split it into windows")
@@ -164,16 +181,7 @@ class AudioTokenizer(nn.Module):
             frame_mask(lengths, padded.shape[-1])[:, None], padded, level[:, None, None].to(padded.dtype)
         )
         hidden = self._encode(padded, token_mask.repeat_interleave(self.config.avg_pooler, dim=1))
-        pooled = hidden.unflatten(1, (tokens, self.config.avg_pooler)).mean(dim=2)  # (B, T, d)
-        quantized, codes, commit = self.rvq(pooled, mask=None if mel_frames is None else token_mask)
-        output = AudioTokenizerOutput(codes=codes, quantized=quantized, commit_loss=commit.sum())
-        if reconstruct:
-            reconstructed = self.decoder(quantized, token_mask)[..., :frames]
-            target = mel.to(reconstructed.dtype)
-            weights = real[:, None].to(reconstructed.dtype)
-            output.mel_loss = ((reconstructed - target).abs() * weights).sum() / (weights.sum() * target.shape[1])
-            output.reconstructed_mel = reconstructed
-        return output
+        return hidden.unflatten(1, (tokens, self.config.avg_pooler)).mean(dim=2), token_mask  # (B, T, d)
 
     def _encode(self, mel: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
         """Whisper's encoder on (B, num_mel_bins, 2 * E + 1) -> (B, E, d), attending to ``attend`` (B, E)."""

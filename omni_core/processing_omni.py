@@ -243,8 +243,12 @@ class OmniProcessor:
         if pixels.dim() == 3:
             pixels = pixels[:, None]  # (C, 1, H, W)
         channels, depth, height, width = pixels.shape
-        if depth > vision.max_frames:  # sample first: only the frames kept are resized
-            pixels = pixels[:, torch.linspace(0, depth - 1, vision.max_frames).round().long()]
+        if depth > vision.max_frames:  # thin first: only the frames kept are resized
+            if vision.slab_projection == "max":  # each kept frame: the brightest voxel of its slab
+                edges = torch.linspace(0, depth, vision.max_frames + 1).round().long().tolist()
+                pixels = torch.stack([pixels[:, a:b].amax(dim=1) for a, b in zip(edges, edges[1:])], dim=1)
+            else:
+                pixels = pixels[:, torch.linspace(0, depth - 1, vision.max_frames).round().long()]
             depth = vision.max_frames
         size = native_resolution_size(
             height, width, factor=vision.merge_factor, min_pixels=vision.min_pixels, max_pixels=vision.max_pixels

@@ -337,15 +337,16 @@ def run(
     limit: int | None = None,
     max_new_tokens: int = 48,
     progress: Callable[[int, int], None] | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Ask ``model_dir`` every question of the benchmark (the first ``limit``); write and return metrics."""
     import torch
 
     from medical_data.report_formats import DRAFT_REQUEST
-    from omni_core import OmniForConditionalGeneration, OmniProcessor
+    from omni_core import OmniProcessor
     from omni_core.modeling_omni import DecodingOptions
     from omni_core.prompts import SYSTEM_PROMPT
-    from omni_core.tokenization import load_tokenizer
+    from omni_core.trained_parts import load_model_folder
     from omniclinic_common.files import write_atomically
     from training.conversations import ContentPart, Conversation, Turn
     from training.data import MediaReader
@@ -355,8 +356,7 @@ def run(
     items = read_benchmark(benchmark, data, out / ".work")[:limit]
     if not items:
         raise BenchmarkError("the benchmark holds no questions")
-    model = OmniForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tokenizer = load_tokenizer(model_dir)
+    model, tokenizer = load_model_folder(model_dir, cache_dir or model_dir.parent / ".cache")
     processor, reader = OmniProcessor(model.config, tokenizer), MediaReader(model.config)
     options = processor.decoding_options(
         DecodingOptions(max_new_tokens=max_new_tokens, speech=False, temperature=0.0), speak_sentences=False

@@ -1,0 +1,144 @@
+"""A model folder that stores only what was trained: the pretrained parts come from their packages.
+
+The default model's backbone (SmolLM2-135M, 540 MB in float32) and audio encoder (Whisper tiny.en)
+install offline as packages; training left them frozen and added LoRA adapters to the backbone. So
+the folder holds the trained parts (vision encoder, projector, the audio tokenizer's codebooks, the
+audio embedding) in float16, the adapters, the tokenizer and ``components.json``, which names the
+pretrained parts. Loading rebuilds the model from those packages exactly as training did
+(``from_components``), puts the trained parts in place and merges the adapters: the same weights as
+the merged training result, from a folder of a few tens of megabytes that can be committed.
+
+``load_model_folder`` loads this kind of folder and the full kind (``save_pretrained``) alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from omni_core.configuration_omni import OmniConfig
+from omni_core.loading import CheckpointError
+from omni_core.modeling_omni import CONFIG_NAME, OmniForConditionalGeneration
+
+COMPONENTS = "components.json"
+PARTS_WEIGHTS = "trained_parts.safetensors"
+ADAPTER_FOLDER = "adapter"
+KNOWN_COMPONENTS = {"llm": ("smollm2-135m-instruct",), "whisper": ("tiny.en",)}
+"""What ``components.json`` may name: packages that install offline (``omni_core.backbones``,
+``omni_core.speech.asr``), never a path or a hub name."""
+
+
+def save_trained_parts(
+    model: OmniForConditionalGeneration,
+    folder: Path,
+    *,
+    prefixes: tuple[str, ...],
+    components: dict[str, str],
+    adapter: Path | None,
+) -> int:
+    """Write the parameters under ``prefixes`` (float16), the adapter folder's files and
+    ``components.json`` into ``folder``. Returns the bytes of weights written."""
+    for name, value in components.items():
+        if value not in KNOWN_COMPONENTS.get(name, ()):
+            raise ValueError(f"components: {name}={value!r} is not a packaged part")
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save(folder / CONFIG_NAME)
+    state = {
+        name: tensor.detach().to(torch.float16 if tensor.is_floating_point() else tensor.dtype).contiguous()
+        for name, tensor in model.state_dict().items()
+        if name.startswith(prefixes) and "lora_" not in name
+    }
+    if not state:
+        raise ValueError("no parameter matches the trained parts' prefixes")
+    save_file(state, str(folder / PARTS_WEIGHTS), metadata={"format": "pt", "omniclinic": "trained-parts"})
+    if adapter is not None:
+        target = folder / ADAPTER_FOLDER
+        target.mkdir(exist_ok=True)
+        for path in adapter.iterdir():
+            (target / path.name).write_bytes(path.read_bytes())
+    record = {"components": components, "trained_prefixes": list(prefixes)}
+    (folder / COMPONENTS).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+
+
+def is_parts_folder(folder: str | os.PathLike[str]) -> bool:
+    return (Path(folder) / COMPONENTS).is_file()
+
+
+def component_folders(names: dict[str, str], cache_dir: Path) -> dict[str, Path]:
+    """The packaged parts as Hugging Face folders, made once into ``cache_dir``."""
+    folders: dict[str, Path] = {}
+    for name, value in names.items():
+        if value not in KNOWN_COMPONENTS.get(name, ()):
+            raise CheckpointError(f"components.json names {name}={value!r}, which is not a packaged part")
+        if name == "llm":
+            from omni_core.backbones import smollm2_folder
+
+            folders[name] = smollm2_folder(cache_dir)
+        else:
+            folders[name] = whisper_tiny_folder(cache_dir)
+    return folders
+
+
+def whisper_tiny_folder(cache_dir: Path) -> Path:
+    """Whisper tiny.en (its faster-whisper package) converted once into a transformers folder."""
+    from omni_core.model_cache import building_folder
+    from omni_core.speech.asr import resolve_model
+    from omni_core.whisper_ct2 import convert_ct2_whisper
+
+    target = cache_dir / "whisper-tiny.en"
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    with building_folder(target) as staging:
+        convert_ct2_whisper(resolve_model("tiny.en", cache_dir), staging)
+    return target
+
+
+def load_model_folder(
+    folder: str | os.PathLike[str], cache_dir: Path, *, dtype: torch.dtype = torch.float32
+) -> tuple[OmniForConditionalGeneration, Any]:
+    """(model in eval mode, tokenizer) from a full model folder or a trained-parts folder.
+
+    Raises:
+        CheckpointError: the folder is malformed, names an unknown component, or its weights do not
+            fit its config.
+    """
+    from omni_core.tokenization import load_tokenizer
+
+    folder = Path(folder)
+    if not is_parts_folder(folder):
+        return OmniForConditionalGeneration.from_pretrained(folder, dtype=dtype), load_tokenizer(folder)
+    try:
+        record = json.loads((folder / COMPONENTS).read_text(encoding="utf-8"))
+        names = {str(k): str(v) for k, v in record["components"].items()}
+        prefixes = tuple(str(p) for p in record["trained_prefixes"])
+        config = OmniConfig.load(folder / CONFIG_NAME)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{folder.name} is not a readable trained-parts folder ({type(exc).__name__})") from None
+    sources = component_folders(names, cache_dir)
+    torch.manual_seed(0)  # parts neither packaged nor trained (the speech head) start as training's did
+    model = OmniForConditionalGeneration.from_components(config, llm=sources.get("llm"), whisper=sources.get("whisper"))
+    stored = load_file(str(folder / PARTS_WEIGHTS))
+    expected = {name for name in model.state_dict() if name.startswith(prefixes)}
+    if set(stored) != expected:
+        extra, missing = sorted(set(stored) - expected), sorted(expected - set(stored))
+        raise CheckpointError(f"trained parts do not fit the config ({len(extra)} unexpected, {len(missing)} missing)")
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name in stored:
+                if tensor.shape != stored[name].shape:
+                    raise CheckpointError(f"trained part {name} has the wrong shape")
+                tensor.copy_(stored[name])
+    if (folder / ADAPTER_FOLDER).is_dir():
+        from omni_core.lora import load_lora, merge_lora
+
+        load_lora(model, folder / ADAPTER_FOLDER)
+        merge_lora(model)
+    model.to(dtype)
+    return model.eval(), load_tokenizer(folder)
+

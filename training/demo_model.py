@@ -1,0 +1,418 @@
+"""``omniclinic demo-model build``: the default model, trained on this machine through the paper's stages.
+
+No vision-language or omni weights install offline, so the default model is trained here, on the
+``demo-cpu`` architecture, from the parts that do install: SmolLM2-135M-Instruct as the LLM and
+Whisper tiny.en's encoder as the audio tokenizer's encoder. The data is the synthetic phantom corpus
+(``training.phantom_corpus``): chest CTs and radiographs with controlled findings, their questions
+typed and spoken, and reference reports. The stages follow Baichuan-Omni-1.5 at small scale:
+
+0. audio tokenizer: the residual VQ codebooks set by k-means on the Whisper encoder's pooled features
+   of the corpus's speech, layer by layer on the residuals (the initialisation EnCodec and SoundStream
+   use; the paper goes on to train its tokenizer with reconstruction losses, which this budget skips);
+1. image-text: the vision encoder and projector learn to describe studies to the frozen LLM
+   (typed questions and reports);
+2. audio-text: the audio embedding learns to carry speech to the frozen LLM (each spoken question
+   repeated as text, and answered);
+3. omni SFT: LoRA adapters on the LLM with the vision encoder, projector and audio embedding, on every
+   kind of conversation (typed and spoken questions, reports, repetition).
+
+The speech head and flow decoder are not trained here (the app speaks with Piper or espeak-ng), and
+say so in the folder's serving record. The result is a trained-parts folder (``omni_core.trained_parts``)
+with a model card; ``omniclinic eval`` on the held-out split measures it, and the card reports that.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from omni_core.prompts import SYSTEM_PROMPT
+from training.config import DataConfig, DataSource, LoraConfig, ModelConfig, OptimConfig, RecipeConfig, RunConfig
+from training.conversations import ContentPart, Conversation, Turn, load_conversations, write_conversations
+
+MODEL_CARD = "MODEL_CARD.md"
+SERVING_RECORD = "serving.json"
+TRAINING_RECORD = "training.json"
+METRICS = "metrics-phantoms.json"
+REPEAT_REQUEST = "Repeat what was said."
+TRAINED_PREFIXES = ("vision.", "audio_tokenizer.rvq.", "audio_embedding.")
+UNTRAINED = ("audio_head", "speech_decoder")
+CAUTION = (
+    "Demonstration model trained only on synthetic chest phantoms: not for clinical use. "
+    "A qualified clinician must read the study."
+)
+PARTS_OFF = dict.fromkeys(("vision", "projector", "audio_tokenizer", "audio_embedding", "llm", "audio_head", "speech_decoder"), False)
+
+
+@dataclass
+class StagePlan:
+    name: str
+    description: str
+    trainable: tuple[str, ...]
+    steps: int
+    lr: float
+    sources: tuple[str, ...]
+    """Conversation kinds mixed in: typed, spoken, report, repeat."""
+    lora: bool = False
+
+
+@dataclass
+class DemoPlan:
+    studies: int = 1500
+    seed: int = 0
+    spoken_fraction: float = 0.35
+    preset: str = "demo-cpu"
+    max_tokens: int = 640
+    """Conversations packed per row (segment-masked): about five questions."""
+    validation_conversations: int = 48
+    eval_limit: int | None = None
+    stages: list[StagePlan] = field(
+        default_factory=lambda: [
+            StagePlan(
+                "1-image-text",
+                "Image-text alignment: the vision encoder and projector learn to describe studies to the frozen LLM.",
+                ("vision", "projector"),
+                steps=220,
+                lr=1e-3,
+                sources=("typed", "report"),
+            ),
+            StagePlan(
+                "2-audio-text",
+                "Audio-text alignment: the audio embedding carries speech to the frozen LLM.",
+                ("audio_embedding",),
+                steps=120,
+                lr=2e-3,
+                sources=("repeat", "spoken"),
+            ),
+            StagePlan(
+                "3-omni-sft",
+                "Omni SFT: LoRA on the LLM with vision, projector and audio embedding, on every kind of conversation.",
+                ("vision", "projector", "audio_embedding"),
+                steps=420,
+                lr=5e-4,
+                sources=("typed", "spoken", "report", "repeat"),
+                lora=True,
+            ),
+        ]
+    )
+
+    @classmethod
+    def quick(cls, preset: str = "tiny") -> DemoPlan:
+        """A few steps of every stage on a few studies: the pipeline end to end, in a minute (tests)."""
+        plan = cls(studies=12, spoken_fraction=0.5, preset=preset, max_tokens=512, validation_conversations=4)
+        for stage in plan.stages:
+            stage.steps = 2
+        plan.eval_limit = 6
+        return plan
+
+
+def _kind(conversation: Conversation) -> str:
+    if conversation.id.endswith("-report"):
+        return "report"
+    if any(part.kind == "audio" for turn in conversation.turns for part in turn.parts):
+        return "spoken"
+    return "typed"
+
+
+def repeat_conversations(split_dir: Path) -> list[Conversation]:
+    """Each spoken question of a split, to be repeated as text (what the audio embedding must carry)."""
+    conversations = []
+    for line in (split_dir / "questions.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("audio"):
+            asked = (ContentPart("audio", str(split_dir / record["audio"])), ContentPart("text", REPEAT_REQUEST))
+            conversations.append(
+                Conversation(
+                    turns=(
+                        Turn("system", (ContentPart("text", SYSTEM_PROMPT),)),
+                        Turn("user", asked),
+                        Turn("assistant", (ContentPart("text", record["question"]),)),
+                    ),
+                    id=f"{record['id']}-repeat",
+                    group=record["study"],
+                )
+            )
+    return conversations
+
+
+def stage_data(corpus: Path, data_dir: Path, plan: DemoPlan) -> tuple[dict[str, Path], Path]:
+    """One conversations file per kind (train split) and a small validation file."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    by_kind: dict[str, list[Conversation]] = {"typed": [], "spoken": [], "report": []}
+    for conversation in load_conversations(corpus / "train" / "conversations.jsonl"):
+        by_kind[_kind(conversation)].append(conversation)
+    by_kind["repeat"] = repeat_conversations(corpus / "train")
+    files = {}
+    for kind, conversations in by_kind.items():
+        files[kind] = data_dir / f"{kind}.jsonl"
+        write_conversations(files[kind], conversations)
+    validation = load_conversations(corpus / "validation" / "conversations.jsonl")
+    validation += repeat_conversations(corpus / "validation")
+    random.Random(plan.seed).shuffle(validation)
+    validation_file = data_dir / "validation.jsonl"
+    write_conversations(validation_file, validation[: plan.validation_conversations])
+    return files, validation_file
+
+
+# -- stage 0: the audio tokenizer's codebooks ---------------------------------------------------------------
+@torch.no_grad()
+def kmeans_codebooks(model: Any, audio_files: list[Path], *, seed: int, iterations: int = 12) -> dict[str, float]:
+    """Set each RVQ layer's codebook by k-means on the residual the layers before it leave; returns
+    the share of the pooled features' energy each layer's residual still holds."""
+    from medical_data.audio import decode_audio
+    from omni_core.modeling_audio import log_mel, pad_mels
+
+    tokenizer = model.audio_tokenizer
+    config = tokenizer.config
+    features = []
+    for start in range(0, len(audio_files), 16):
+        mels = [torch.from_numpy(log_mel(decode_audio(path).samples, config)) for path in audio_files[start : start + 16]]
+        batch, frames = pad_mels(mels)
+        pooled, mask = tokenizer.pooled(batch, frames)
+        features.append(pooled[mask])
+    residual = torch.cat(features).float()
+    total = float(residual.pow(2).sum())
+    generator = torch.Generator().manual_seed(seed)
+    left = {}
+    for index, layer in enumerate(tokenizer.rvq.layers):
+        codebook = layer._codebook.embed  # (1, K, D)
+        size = codebook.shape[1]
+        centres = residual[torch.randperm(len(residual), generator=generator)[:size]].clone()
+        if len(centres) < size:  # fewer vectors than codes: the rest repeat, jittered
+            extra = centres[torch.randint(len(centres), (size - len(centres),), generator=generator)]
+            centres = torch.cat([centres, extra + 1e-3 * torch.randn(extra.shape, generator=generator)])
+        for _ in range(iterations):
+            nearest = torch.cdist(residual, centres).argmin(dim=1)
+            sums = torch.zeros_like(centres).index_add_(0, nearest, residual)
+            counts = torch.bincount(nearest, minlength=size).float()[:, None]
+            centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+        codebook.copy_(centres[None].to(codebook.dtype))
+        residual = residual - centres[torch.cdist(residual, centres).argmin(dim=1)]
+        left[f"layer_{index}"] = round(float(residual.pow(2).sum()) / total, 4)
+    return left
+
+
+# -- the build ---------------------------------------------------------------------------------------------
+def build_demo_model(
+    out: Path,
+    *,
+    work: Path,
+    cache_dir: Path,
+    plan: DemoPlan | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Corpus, stages 0-3, the trained-parts folder in ``out`` (replaced when it exists), evaluation and
+    model card. ``work`` keeps the corpus and each stage's run. Returns the training record."""
+    from omni_core import OmniConfig, OmniForConditionalGeneration
+    from omni_core.model_cache import building_folder
+    from omni_core.tokenization import character_tokenizer, load_tokenizer
+    from omni_core.trained_parts import component_folders, save_trained_parts
+    from training.models import save_model_folder
+    from training.phantom_corpus import build_corpus
+    from training.recipes.omni import recipe_main
+
+    plan = plan or DemoPlan()
+    started = time.monotonic()
+    record: dict[str, Any] = {"plan": asdict(plan), "stages": [], "started": datetime.now(UTC).isoformat(timespec="seconds")}
+    work.mkdir(parents=True, exist_ok=True)
+
+    corpus = work / "corpus"
+    log(f"corpus: {plan.studies} phantom studies (seed {plan.seed}) ...")
+    counts = build_corpus(corpus, studies=plan.studies, seed=plan.seed, spoken_fraction=plan.spoken_fraction)
+    record["corpus"] = asdict(counts)
+    files, validation_file = stage_data(corpus, work / "data", plan)
+
+    log("stage 0: the audio tokenizer's codebooks by k-means ...")
+    components = {"llm": "smollm2-135m-instruct", "whisper": "tiny.en"} if plan.preset == "demo-cpu" else {}
+    sources = component_folders(components, cache_dir)
+    torch.manual_seed(0)
+    config = OmniConfig.from_preset(plan.preset)
+    model = OmniForConditionalGeneration.from_components(config, llm=sources.get("llm"), whisper=sources.get("whisper"))
+    tokenizer = load_tokenizer(sources["llm"]) if "llm" in sources else character_tokenizer()
+    audio = sorted((corpus / "train" / "audio").glob("*.wav"))
+    residual = kmeans_codebooks(model.eval(), audio, seed=plan.seed)
+    stage0 = work / "stage0"
+    with building_folder(stage0, replace=True) as staging:
+        save_model_folder(model, tokenizer, staging, {"stage": "0-audio-tokenizer", "residual_energy": residual})
+    record["stages"].append({"stage": "0-audio-tokenizer", "clips": len(audio), "residual_energy": residual})
+    del model
+
+    base = stage0
+    adapter = None
+    for stage in plan.stages:
+        log(f"stage {stage.name}: {stage.steps} steps ...")
+        stage_started = time.monotonic()
+        run_dir = work / "runs" / stage.name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cfg = RecipeConfig(
+            recipe="omni",
+            stage=stage.name,
+            description=stage.description,
+            trainable=PARTS_OFF | dict.fromkeys(stage.trainable, True),
+            losses=["text"],
+            model=ModelConfig(preset=plan.preset, base=str(base)),
+            data=DataConfig(
+                train=[DataSource(str(files[kind])) for kind in stage.sources],
+                validation=str(validation_file),
+                max_tokens=plan.max_tokens,
+                pack=True,
+                seed=plan.seed,
+            ),
+            optim=OptimConfig(lr=stage.lr, warmup_steps=max(1, stage.steps // 20), max_steps=stage.steps),
+            run=RunConfig(output_dir=str(run_dir), log_every=5, seed=plan.seed),
+            lora=LoraConfig(rank=16, alpha=32, dropout=0.0, merge=False) if stage.lora else None,
+        )
+        final = recipe_main(cfg)
+        if final is None:
+            raise RuntimeError(f"stage {stage.name} ended without a model folder")
+        summary = json.loads((final / "training.json").read_text(encoding="utf-8"))
+        record["stages"].append(
+            {
+                "stage": stage.name,
+                "description": stage.description,
+                "trainable": list(stage.trainable) + (["llm (LoRA r16)"] if stage.lora else []),
+                "data": list(stage.sources),
+                "steps": stage.steps,
+                "lr": stage.lr,
+                "train_conversations": summary["data"]["train_conversations"],
+                "final_train_loss": summary["final_train_loss"],
+                "final_validation_loss": summary["final_validation_loss"],
+                "minutes": round((time.monotonic() - stage_started) / 60, 1),
+            }
+        )
+        if stage.lora:
+            adapter = run_dir / "adapter"
+        base = final
+
+    log("packaging the trained parts ...")
+    trained = OmniForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+    prefixes = TRAINED_PREFIXES if "llm" in components else (*TRAINED_PREFIXES, "llm.")
+    with building_folder(out, replace=True) as staging:
+        weight_bytes = save_trained_parts(trained, staging, prefixes=prefixes, components=components, adapter=adapter)
+        load_tokenizer(base).save_pretrained(str(staging))
+    record["weights_megabytes"] = round(weight_bytes / 2**20, 1)
+    record["build_minutes_training"] = round((time.monotonic() - started) / 60, 1)
+    _check_packaged(out, trained, adapter, cache_dir, record)
+    del trained
+
+    log("evaluating on the held-out split ...")
+    from training.benchmarks import run as run_benchmark
+
+    metrics = run_benchmark(out, "phantoms", corpus / "test", work / "eval", limit=plan.eval_limit, cache_dir=cache_dir)
+    record["metrics"] = metrics
+    record["build_minutes"] = round((time.monotonic() - started) / 60, 1)
+    record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    serving = {"name": f"omniclinic-demo ({plan.preset}, phantoms)", "version": record["finished"][:10],
+               "untrained_parts": list(UNTRAINED), "caution": CAUTION}  # fmt: skip
+    (out / SERVING_RECORD).write_text(json.dumps(serving, indent=2) + "\n", encoding="utf-8")
+    (out / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    (out / METRICS).write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    (out / MODEL_CARD).write_text(model_card(record), encoding="utf-8")
+    return record
+
+
+@torch.no_grad()
+def _check_packaged(out: Path, trained: Any, adapter: Path | None, cache_dir: Path, record: dict[str, Any]) -> None:
+    """The packaged folder, loaded as serving loads it, must give the trained model's logits (float16
+    storage of the trained parts aside): a component that changed, or a part left out, fails here."""
+    from omni_core.lora import load_lora, merge_lora
+    from omni_core.trained_parts import load_model_folder
+
+    if adapter is not None:
+        load_lora(trained, adapter)
+        merge_lora(trained)
+    packaged, _ = load_model_folder(out, cache_dir)
+    ids = torch.arange(3, 40)[None] % trained.config.text.vocab_size
+    expected = trained.eval()(input_ids=ids).logits
+    got = packaged(input_ids=ids).logits
+    difference = float((expected - got).abs().max())
+    record["packaged_max_logit_difference"] = round(difference, 5)
+    if difference > 0.05 * float(expected.abs().max()):
+        raise RuntimeError(f"the packaged model differs from the trained one (logits differ by {difference:.3g})")
+
+
+def model_card(record: dict[str, Any]) -> str:
+    plan, metrics = record["plan"], record.get("metrics", {})
+    corpus = record["corpus"]
+    lines = [
+        "# omniclinic demo model (demo-cpu, trained on synthetic phantoms)",
+        "",
+        "**Not for clinical use.** A demonstration model trained in about an hour on two CPU cores, on",
+        "synthetic chest phantoms only. It has never seen a real patient's study; on real studies its",
+        "answers are not findings. A qualified clinician must read every study.",
+        "",
+        "## What it is",
+        f"- Architecture: `{plan['preset']}` (Baichuan-Omni-1.5's layout at small scale): a NaViT-style vision",
+        "  encoder (6 layers, width 256, thick-slab MIP over series), SmolLM2-135M-Instruct as the LLM (frozen,",
+        "  LoRA rank 16 on its attention), Whisper tiny.en's encoder with a 4-layer residual VQ at 12.5 Hz",
+        "  as the audio tokenizer. The speech head and flow decoder are untrained: the app speaks with Piper",
+        "  or espeak-ng.",
+        f"- This folder stores what was trained ({record.get('weights_megabytes')} MB in float16: vision",
+        "  encoder, projector, codebooks, audio embedding, LoRA adapters); the LLM and Whisper encoder come",
+        "  from their packages at load time (`components.json`).",
+        "",
+        "## Data",
+        f"- {plan['studies']} phantom studies (seed {plan['seed']}, `omniclinic phantoms`): axial chest CTs and PA",
+        "  radiographs, a quarter stored with reversed column order, with nodules and masses (side, lobe,",
+        "  diameter in mm, density in HU), pleural effusions, pneumothoraces, and normal studies.",
+        f"- Studies per split: {corpus['studies']}; questions: {corpus['questions']}.",
+        f"- Spoken questions: {plan['spoken_fraction']:.0%} of closed questions also spoken by espeak-ng",
+        "  (six voices, rate, pitch, noise at 15-35 dB SNR).",
+        "- The test split is held out: never trained on or tuned on, and asked in phrasings training never uses.",
+        "",
+        "## Stages",
+        "| stage | trained | data | steps | lr | final train loss | validation loss | minutes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for stage in record["stages"]:
+        if stage["stage"].startswith("0"):
+            energy = ", ".join(f"{v:.2f}" for v in stage["residual_energy"].values())
+            lines.append(f"| 0-audio-tokenizer | RVQ codebooks (k-means, {stage['clips']} clips; residual energy {energy}) | spoken questions | — | — | — | — | — |")
+            continue
+        lines.append(
+            f"| {stage['stage']} | {', '.join(stage['trainable'])} | {', '.join(stage['data'])} | {stage['steps']} "
+            f"| {stage['lr']:g} | {_num(stage['final_train_loss'])} | {_num(stage['final_validation_loss'])} | {stage['minutes']} |"
+        )
+    lines += [
+        "",
+        f"Build time: {record.get('build_minutes')} minutes (training {record.get('build_minutes_training')}),"
+        " `omniclinic demo-model build` on 2 CPU cores.",
+        "",
+        "## Figures (held-out split, `omniclinic eval --benchmark phantoms`)",
+        "| metric | value | aim |",
+        "|---|---|---|",
+    ]
+    aims = {
+        "closed_accuracy": ">= 0.90",
+        "spoken_closed_accuracy": "within 0.05 of typed",
+        "transcribed_closed_accuracy": "within 0.05 of typed",
+        "side_accuracy_reversed": "within 0.05 of usual",
+        "report_findings_f1": ">= 0.85",
+        "invented_findings_rate": "<= 0.05",
+    }
+    for name, value in metrics.items():
+        lines.append(f"| {name} | {_num(value)} | {aims.get(name, '')} |")
+    lines += [
+        "",
+        "## Limits",
+        "- Chest phantoms only (CT and radiographs): no abdomen, head, MR or ultrasound, no real anatomy.",
+        "- Closed answers are short words; reports follow one template.",
+        "- Spoken questions: the model hears the audio through its own audio tokenizer; the transcript the",
+        "  clinician sees comes from Whisper tiny.en. Both paths are measured above.",
+        "- Its own speech output is untrained.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _num(value: object) -> str:
+    return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)

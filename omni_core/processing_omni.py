@@ -16,6 +16,7 @@ assistant's turn.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -246,7 +247,7 @@ class OmniProcessor:
         if depth > vision.max_frames:  # thin first: only the frames kept are resized
             if vision.slab_projection == "max":  # each kept frame: the brightest voxel of its slab
                 edges = torch.linspace(0, depth, vision.max_frames + 1).round().long().tolist()
-                pixels = torch.stack([pixels[:, a:b].amax(dim=1) for a, b in zip(edges, edges[1:])], dim=1)
+                pixels = torch.stack([pixels[:, a:b].amax(dim=1) for a, b in itertools.pairwise(edges)], dim=1)
             else:
                 pixels = pixels[:, torch.linspace(0, depth - 1, vision.max_frames).round().long()]
             depth = vision.max_frames

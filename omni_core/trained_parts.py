@@ -13,6 +13,7 @@ the merged training result, from a folder of a few tens of megabytes that can be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -48,8 +49,10 @@ def save_trained_parts(
             raise ValueError(f"components: {name}={value!r} is not a packaged part")
     folder.mkdir(parents=True, exist_ok=True)
     model.config.save(folder / CONFIG_NAME)
-    state = {
-        name: tensor.detach().to(torch.float16 if tensor.is_floating_point() else tensor.dtype).contiguous()
+    state = {  # a layer that carries adapters stores its base weight under the plain layer's name
+        name.replace(".base_layer.", "."): tensor.detach()
+        .to(torch.float16 if tensor.is_floating_point() else tensor.dtype)
+        .contiguous()
         for name, tensor in model.state_dict().items()
         if name.startswith(prefixes) and "lora_" not in name
     }
@@ -87,15 +90,13 @@ def component_folders(names: dict[str, str], cache_dir: Path) -> dict[str, Path]
 
 def whisper_tiny_folder(cache_dir: Path) -> Path:
     """Whisper tiny.en (its faster-whisper package) converted once into a transformers folder."""
-    from omni_core.model_cache import building_folder
     from omni_core.speech.asr import resolve_model
     from omni_core.whisper_ct2 import convert_ct2_whisper
 
     target = cache_dir / "whisper-tiny.en"
-    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
-        return target
-    with building_folder(target) as staging:
-        convert_ct2_whisper(resolve_model("tiny.en", cache_dir), staging)
+    if not target.exists():
+        with contextlib.suppress(FileExistsError):  # another process converted it meanwhile
+            convert_ct2_whisper(resolve_model("tiny.en", cache_dir), target)  # appears whole or not at all
     return target
 
 
@@ -141,4 +142,3 @@ def load_model_folder(
         merge_lora(model)
     model.to(dtype)
     return model.eval(), load_tokenizer(folder)
-

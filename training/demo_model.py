@@ -50,7 +50,9 @@ CAUTION = (
     "Demonstration model trained only on synthetic chest phantoms: not for clinical use. "
     "A qualified clinician must read the study."
 )
-PARTS_OFF = dict.fromkeys(("vision", "projector", "audio_tokenizer", "audio_embedding", "llm", "audio_head", "speech_decoder"), False)
+PARTS_OFF = dict.fromkeys(
+    ("vision", "projector", "audio_tokenizer", "audio_embedding", "llm", "audio_head", "speech_decoder"), False
+)
 
 
 @dataclass
@@ -175,7 +177,9 @@ def kmeans_codebooks(model: Any, audio_files: list[Path], *, seed: int, iteratio
     config = tokenizer.config
     features = []
     for start in range(0, len(audio_files), 16):
-        mels = [torch.from_numpy(log_mel(decode_audio(path).samples, config)) for path in audio_files[start : start + 16]]
+        mels = [
+            torch.from_numpy(log_mel(decode_audio(path).samples, config)) for path in audio_files[start : start + 16]
+        ]
         batch, frames = pad_mels(mels)
         pooled, mask = tokenizer.pooled(batch, frames)
         features.append(pooled[mask])
@@ -222,13 +226,25 @@ def build_demo_model(
 
     plan = plan or DemoPlan()
     started = time.monotonic()
-    record: dict[str, Any] = {"plan": asdict(plan), "stages": [], "started": datetime.now(UTC).isoformat(timespec="seconds")}
+    record: dict[str, Any] = {
+        "plan": asdict(plan),
+        "stages": [],
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     work.mkdir(parents=True, exist_ok=True)
 
     corpus = work / "corpus"
-    log(f"corpus: {plan.studies} phantom studies (seed {plan.seed}) ...")
-    counts = build_corpus(corpus, studies=plan.studies, seed=plan.seed, spoken_fraction=plan.spoken_fraction)
-    record["corpus"] = asdict(counts)
+    made_with = {"studies": plan.studies, "seed": plan.seed, "spoken_fraction": plan.spoken_fraction}
+    marker = corpus / "corpus.json"
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8"))["made_with"] == made_with:
+        log(f"corpus: reusing {corpus} (the same studies, seed and spoken fraction)")
+        record["corpus"] = json.loads(marker.read_text(encoding="utf-8"))["counts"]
+    else:
+        log(f"corpus: {plan.studies} phantom studies (seed {plan.seed}) ...")
+        marker.unlink(missing_ok=True)
+        counts = build_corpus(corpus, studies=plan.studies, seed=plan.seed, spoken_fraction=plan.spoken_fraction)
+        record["corpus"] = asdict(counts)
+        marker.write_text(json.dumps({"made_with": made_with, "counts": record["corpus"]}) + "\n", encoding="utf-8")
     files, validation_file = stage_data(corpus, work / "data", plan)
 
     log("stage 0: the audio tokenizer's codebooks by k-means ...")
@@ -376,11 +392,13 @@ def model_card(record: dict[str, Any]) -> str:
     for stage in record["stages"]:
         if stage["stage"].startswith("0"):
             energy = ", ".join(f"{v:.2f}" for v in stage["residual_energy"].values())
-            lines.append(f"| 0-audio-tokenizer | RVQ codebooks (k-means, {stage['clips']} clips; residual energy {energy}) | spoken questions | — | — | — | — | — |")
+            trained = f"RVQ codebooks (k-means on {stage['clips']} clips; residual energy by layer {energy})"
+            lines.append(f"| 0-audio-tokenizer | {trained} | spoken questions | — | — | — | — | — |")
             continue
         lines.append(
             f"| {stage['stage']} | {', '.join(stage['trainable'])} | {', '.join(stage['data'])} | {stage['steps']} "
-            f"| {stage['lr']:g} | {_num(stage['final_train_loss'])} | {_num(stage['final_validation_loss'])} | {stage['minutes']} |"
+            f"| {stage['lr']:g} | {_num(stage['final_train_loss'])} | {_num(stage['final_validation_loss'])} "
+            f"| {stage['minutes']} |"
         )
     lines += [
         "",

@@ -51,11 +51,11 @@ def ask(
         try:
             image = StudyStore.load_volume([i.path for i in series.instances]) if series else None
             audio_bytes = audio.read_bytes() if audio is not None else None
-            transcript = (
-                transcribe_question(assistant, audio_bytes, settings.max_audio_seconds) if audio_bytes else None
+            transcript, heard = (
+                transcribe_question(assistant, audio_bytes, settings.max_audio_seconds) if audio_bytes else (None, None)
             )
             question = checked_question(transcript or text or "")
-            pieces = list(assistant.stream_answer(image, [], question, speak=speak is not None))
+            pieces = list(assistant.stream_answer(image, [], question, speak=speak is not None, heard=heard))
         except MedicalDataError as exc:
             raise fail(f"the study cannot be read: {exc.reason}", EXIT_FAILED) from None
         except AskRejected as exc:

@@ -148,10 +148,10 @@ def _rank_lock(out: Path, rank: int) -> Iterator[None]:
 
 
 def _prepare_model(settings: Any) -> None:
-    from app.services.assistant import demo_model_folder
+    from app.services.assistant import prepare_default_model
 
     if settings.model_dir is None and settings.model_preset == "demo-cpu":
-        demo_model_folder(settings.models_dir)
+        prepare_default_model(settings.models_dir)
 
 
 def _options(formats: str, deid: bool, store: bool, pacs: str | None) -> Any:

@@ -293,10 +293,12 @@ def demo_model_build(
     out: Annotated[Path, typer.Option("--out", help="The model folder to write (replaced when it exists).")] = Path(
         "models/omniclinic-demo"
     ),
-    work: Annotated[
-        Path, typer.Option("--work", help="Where the corpus and each stage's run are kept.")
-    ] = Path("runs/demo-model"),
-    studies: Annotated[int, typer.Option("--studies", min=8, max=100_000, help="Phantom studies in all splits.")] = 1500,
+    work: Annotated[Path, typer.Option("--work", help="Where the corpus and each stage's run are kept.")] = Path(
+        "runs/demo-model"
+    ),
+    studies: Annotated[
+        int, typer.Option("--studies", min=8, max=100_000, help="Phantom studies in all splits.")
+    ] = 1500,
     seed: Annotated[int, typer.Option(help="The corpus's seed.")] = 0,
     quick: Annotated[
         bool, typer.Option("--quick", help="Two steps a stage on a dozen studies with the tiny preset (a smoke test).")

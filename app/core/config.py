@@ -79,8 +79,9 @@ class Settings(BaseSettings):
     )
     model_preset: Literal["tiny", "demo-cpu"] = Field(
         default="demo-cpu",
-        description="Model built when OMNICLINIC_MODEL_DIR is empty: 'demo-cpu' (SmolLM2-135M backbone; image, "
-        "audio and speech parts untrained) or 'tiny' (random weights, for tests).",
+        description="Model served when OMNICLINIC_MODEL_DIR is empty: 'demo-cpu' (the default model trained on "
+        "synthetic phantoms, models/omniclinic-demo; untrained when a checkout lacks it) or 'tiny' (random "
+        "weights, for tests).",
     )
     max_new_tokens: int = Field(default=160, ge=1, le=4096, description="Longest answer, in tokens.")
     answer_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Longest time one answer may take.")

@@ -85,8 +85,8 @@ def image_sha256(image: Any) -> str:
     return digest
 
 
-def transcribe_question(assistant: Assistant, audio: bytes, max_seconds: float) -> str:
-    """The recognizer's transcript of a spoken question.
+def transcribe_question(assistant: Assistant, audio: bytes, max_seconds: float) -> tuple[str, np.ndarray]:
+    """The recognizer's transcript of a spoken question, and its samples (16 kHz mono).
 
     Raises:
         AskRejected: not audio (415), too long or too large (413), no speech in it (422).
@@ -109,7 +109,7 @@ def transcribe_question(assistant: Assistant, audio: bytes, max_seconds: float) 
         raise AskRejected(422, str(exc)) from None
     if not text:
         raise AskRejected(422, "no speech was heard in the recording; record the question again")
-    return text
+    return text, decoded.samples
 
 
 def checked_question(text: str) -> str:
@@ -177,19 +177,19 @@ class AskService:
 
     def prepare(
         self, study_uid: str, actor: Actor, *, text: str | None, audio: bytes | None, conversation_id: str | None
-    ) -> tuple[Any, list[tuple[str, str]], str, str | None]:
-        """(image, earlier turns, question, transcript) for a question; everything checked before the
-        model is asked."""
+    ) -> tuple[Any, list[tuple[str, str]], str, str | None, np.ndarray | None]:
+        """(image, earlier turns, question, transcript, spoken samples) for a question; everything
+        checked before the model is asked."""
         if (text is None or not text.strip()) == (audio is None):
             raise AskRejected(422, "ask with either text or an audio recording")
         study = self.studies.get(study_uid)
         history = self._history(study_uid, actor, conversation_id)
-        transcript = None
+        transcript, heard = None, None
         if audio is not None:
-            transcript = transcribe_question(self.assistant, audio, self.settings.max_audio_seconds)
+            transcript, heard = transcribe_question(self.assistant, audio, self.settings.max_audio_seconds)
         question = checked_question(transcript or text or "")
         image = self.studies.volume(study)
-        return image, history, question, transcript
+        return image, history, question, transcript, heard
 
     def events(
         self,
@@ -208,7 +208,7 @@ class AskService:
         answer leaves as it is made) the model call is recorded before the first event too. The turn
         and the call with its output hash are stored before "done".
         """
-        image, history, question, transcript = self.prepare(
+        image, history, question, transcript, heard = self.prepare(
             study_uid, actor, text=text, audio=audio, conversation_id=conversation_id
         )
         info = self.assistant.info
@@ -225,7 +225,7 @@ class AskService:
             yield "transcript", transcript
         answer: list[str] = []
         speech: list[Speech] = []
-        for piece in self.assistant.stream_answer(image, history, question, speak=speak):
+        for piece in self.assistant.stream_answer(image, history, question, speak=speak, heard=heard):
             if isinstance(piece, Delta):
                 answer.append(piece.text)
                 yield "delta", piece.text

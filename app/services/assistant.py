@@ -11,6 +11,7 @@ What the model is, and which of its parts were never trained, travels with every
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -38,6 +39,10 @@ UNTRAINED_CAUTION = (
 SPOKEN_CAUTION = "Demonstration model, not a finding."
 GENERAL_CAUTION = "A draft from a model: a qualified clinician must check it. Not for clinical decisions on its own."
 TRAINABLE_PARTS = ("vision", "projector", "audio_tokenizer", "audio_embedding", "llm", "audio_head", "speech_decoder")
+SPEECH_OUT_PARTS = ("audio_head", "speech_decoder")
+"""Parts that only make the model's own speech: left untrained, the written answer still rests on the study."""
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "omniclinic-demo"
+"""The default model, trained by ``omniclinic demo-model build`` and committed (a trained-parts folder)."""
 
 
 class Busy(RuntimeError):
@@ -59,10 +64,14 @@ class ModelInfo:
     source: str
     untrained_parts: tuple[str, ...]
     caution: str
+    hears_audio: bool = False
+    """A spoken question reaches the model as audio (its own audio tokenizer), not as the transcript:
+    what the model's serving record says measured better."""
 
     @property
     def untrained(self) -> bool:
-        return bool(self.untrained_parts)
+        """Does an untrained part shape the written answer (the speech-out parts do not)?"""
+        return bool(set(self.untrained_parts) - set(SPEECH_OUT_PARTS))
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -80,7 +89,8 @@ def describe_model(settings: Settings) -> ModelInfo:
         return _folder_info(settings.model_dir, source=str(settings.model_dir))
     if settings.model_preset == "tiny":
         return ModelInfo("tiny (random weights)", "0", "preset tiny", TRAINABLE_PARTS, UNTRAINED_CAUTION)
-    return DEMO_INFO
+    trained = default_model_folder()
+    return _folder_info(trained, source="the default model (models/omniclinic-demo)") if trained else DEMO_INFO
 
 
 DEMO_INFO = ModelInfo(
@@ -97,13 +107,11 @@ def _folder_info(folder: Path, source: str) -> ModelInfo:
     with suppress(OSError, ValueError):
         record = json.loads((folder / SERVING_RECORD).read_text(encoding="utf-8"))
     untrained = tuple(str(part) for part in record.get("untrained_parts", ()))
-    return ModelInfo(
-        str(record.get("name") or folder.name)[:128],
-        str(record.get("version", "")),
-        source,
-        untrained,
-        UNTRAINED_CAUTION if untrained else GENERAL_CAUTION,
+    info = ModelInfo(
+        str(record.get("name") or folder.name)[:128], str(record.get("version", "")), source, untrained, ""
     )
+    caution = UNTRAINED_CAUTION if info.untrained else str(record.get("caution") or GENERAL_CAUTION)[:400]
+    return dataclasses.replace(info, caution=caution, hears_audio=record.get("spoken_input") == "audio")
 
 
 class GenerationGate:
@@ -205,26 +213,38 @@ class Assistant:
             return self._synthesizer
 
     # -- answering -------------------------------------------------------------------------------
-    def prompt(self, image: Any, history: Sequence[tuple[str, str]], question: str) -> list[Any]:
+    def prompt(
+        self, image: Any, history: Sequence[tuple[str, str]], question: str, heard: np.ndarray | None = None
+    ) -> list[Any]:
         """The conversation the model sees: the study's image with the first question, earlier turns
-        as they were, then the new question. Text is encoded by the processor, which keeps any control
-        token's string in it as text."""
+        as they were, then the new question: its text, or with ``heard`` (16 kHz samples) its audio,
+        which the model's own audio tokenizer reads. Text is encoded by the processor, which keeps any
+        control token's string in it as text."""
         from omni_core.processing_omni import Message, Part
 
         messages = [Message("system", [Part("text", SYSTEM_PROMPT)])]
         turns = [*history, (question, "")]
         for index, (asked, answered) in enumerate(turns):
             parts = [Part("image", image)] if index == 0 and image is not None else []
-            messages.append(Message("user", [*parts, Part("text", asked)]))
+            last = index == len(turns) - 1
+            asked_part = Part("audio", heard) if last and heard is not None else Part("text", asked)
+            messages.append(Message("user", [*parts, asked_part]))
             if index < len(turns) - 1:
                 messages.append(Message("assistant", [Part("text", answered)]))
         return messages
 
     def stream_answer(
-        self, image: Any, history: Sequence[tuple[str, str]], question: str, *, speak: bool
+        self,
+        image: Any,
+        history: Sequence[tuple[str, str]],
+        question: str,
+        *,
+        speak: bool,
+        heard: np.ndarray | None = None,
     ) -> Iterator[Delta | Speech]:
         """Text deltas as the model writes them and, with ``speak``, each sentence's speech as soon as
-        the sentence is complete. Runs inside a gate slot (``Busy`` when the queue is full).
+        the sentence is complete. ``heard``: the spoken question's samples, given to a model that
+        hears audio (``ModelInfo.hears_audio``). Runs inside a gate slot (``Busy`` when the queue is full).
 
         Raises:
             Busy: the queue is full or the wait ran out.
@@ -236,7 +256,7 @@ class Assistant:
 
         with self.gate.slot():
             model, processor = self._ensure_model()
-            messages = self.prompt(image, history, question)
+            messages = self.prompt(image, history, question, heard if self.info.hears_audio else None)
             options = DecodingOptions(max_new_tokens=self.settings.max_new_tokens, speech=False, temperature=0.0)
             deadline = time.monotonic() + self.settings.answer_timeout_s
             written = ""
@@ -279,20 +299,38 @@ def _load_model(settings: Settings) -> tuple[Any, Any]:
     import torch
 
     from omni_core import OmniConfig, OmniForConditionalGeneration, OmniProcessor
-    from omni_core.tokenization import character_tokenizer, load_tokenizer
+    from omni_core.tokenization import character_tokenizer
+    from omni_core.trained_parts import load_model_folder
 
     if settings.model_dir is not None:
-        model = OmniForConditionalGeneration.from_pretrained(settings.model_dir, dtype=torch.float32)
-        tokenizer = load_tokenizer(settings.model_dir)
+        model, tokenizer = load_model_folder(settings.model_dir, settings.models_dir)
     elif settings.model_preset == "tiny":
         torch.manual_seed(0)
         model = OmniForConditionalGeneration(OmniConfig.from_preset("tiny")).eval()
         tokenizer = character_tokenizer()
     else:
-        folder = demo_model_folder(settings.models_dir)
-        model = OmniForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
-        tokenizer = load_tokenizer(folder)
+        model, tokenizer = load_model_folder(prepare_default_model(settings.models_dir), settings.models_dir)
     return model.eval(), OmniProcessor(model.config, tokenizer)
+
+
+def default_model_folder() -> Path | None:
+    """The committed default model, when this checkout has it."""
+    from omni_core.trained_parts import is_parts_folder
+
+    return DEFAULT_MODEL if is_parts_folder(DEFAULT_MODEL) else None
+
+
+def prepare_default_model(cache_dir: Path) -> Path:
+    """The folder the ``demo-cpu`` preset serves, with what it loads from packages prepared once in
+    ``cache_dir`` (the server does this before its workers start, so they never race): the trained
+    default model, or, in a checkout without it, the untrained ``demo-cpu`` build."""
+    trained = default_model_folder()
+    if trained is None:
+        return demo_model_folder(cache_dir)
+    from omni_core.trained_parts import COMPONENTS, component_folders
+
+    component_folders(json.loads((trained / COMPONENTS).read_text(encoding="utf-8"))["components"], cache_dir)
+    return trained
 
 
 DEMO_FOLDER = "demo-cpu-smollm2"

@@ -69,9 +69,9 @@ def test_follow_up_questions_see_the_earlier_turns(client: TestClient) -> None:
     assistant = client.app.state.assistant
     original = assistant.stream_answer
 
-    def spy(image, history, question, *, speak):  # type: ignore[no-untyped-def]
+    def spy(image, history, question, *, speak, heard=None):  # type: ignore[no-untyped-def]
         seen.append(list(history))
-        return original(image, history, question, speak=speak)
+        return original(image, history, question, speak=speak, heard=heard)
 
     assistant.stream_answer = spy
     first = client.post(f"/api/v1/studies/{uid}/ask", data={"text": "First question?"}, headers=headers).json()

@@ -84,3 +84,21 @@ def test_audio_longer_than_the_tokenizer_window_is_refused(config: OmniConfig, p
 def test_empty_tiny_or_broken_audio_is_a_clear_error(processor: OmniProcessor, samples: np.ndarray) -> None:
     with pytest.raises(ValueError, match="audio part"):
         processor([Message("user", [Part("audio", samples.astype(np.float32))])])
+
+
+def test_a_thick_slab_mip_keeps_a_small_finding_that_even_sampling_drops() -> None:
+    """A series longer than the encoder takes: ``max`` keeps a one-slice bright spot between the kept
+    slices; ``sample`` (the release's way) loses it."""
+    import dataclasses
+
+    base = OmniConfig.from_preset("tiny")  # max_frames 4
+    volume = torch.zeros(1, 16, 56, 56)
+    volume[0, 6, 20:26, 10:16] = 1.0  # slice 6 of 16: between the evenly sampled 0, 5, 10, 15
+    seen = {}
+    for mode in ("sample", "max"):
+        config = dataclasses.replace(base, vision=dataclasses.replace(base.vision, slab_projection=mode))
+        processor = OmniProcessor(config, ByteTokenizer())
+        patches = [processor([Message("user", [Part("image", v)])]).pixel_patches for v in (volume, 0 * volume)]
+        seen[mode] = float((patches[0] - patches[1]).abs().max())  # how far from a blank series
+    assert seen["sample"] == 0.0  # every kept frame is blank
+    assert seen["max"] > 1.0

@@ -1,0 +1,60 @@
+"""``omniclinic demo-model build``: every stage runs, the folder is small, loads, and says what it is."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from app.cli import cli
+from omni_core import OmniConfig, OmniForConditionalGeneration
+from omni_core.trained_parts import COMPONENTS, load_model_folder
+from training.demo_model import kmeans_codebooks
+from training.phantom_corpus import build_corpus
+
+
+def test_the_quick_build_runs_every_stage_and_writes_a_loadable_model_with_its_card(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["demo-model", "build", "--quick", "--out", str(tmp_path / "model"), "--work", str(tmp_path / "work")]
+    )
+    assert result.exit_code == 0, result.output
+
+    folder = tmp_path / "model"
+    record = json.loads((folder / "training.json").read_text())
+    assert [stage["stage"] for stage in record["stages"]] == [
+        "0-audio-tokenizer",
+        "1-image-text",
+        "2-audio-text",
+        "3-omni-sft",
+    ]
+    assert all(stage["final_train_loss"] is not None for stage in record["stages"][1:])
+    assert (folder / "adapter" / "adapter_model.safetensors").is_file()  # LoRA kept apart, not merged in
+    assert json.loads((folder / COMPONENTS).read_text())["components"] == {}  # tiny: nothing packaged
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "Not for clinical use" in card and "closed_accuracy" in card and "3-omni-sft" in card
+    serving = json.loads((folder / "serving.json").read_text())
+    assert (
+        serving["untrained_parts"] == ["audio_head", "speech_decoder"] and "not for clinical use" in serving["caution"]
+    )
+    metrics = json.loads((folder / "metrics-phantoms.json").read_text())
+    assert {"closed_accuracy", "spoken_closed_accuracy", "report_findings_f1"} <= set(metrics)
+    model, _ = load_model_folder(folder, tmp_path / "cache")
+    assert not model.training
+
+
+def test_kmeans_codebooks_take_up_the_speech_features_layer_by_layer(tmp_path: Path) -> None:
+    build_corpus(tmp_path / "corpus", studies=6, seed=2, spoken_fraction=1.0)
+    audio = sorted((tmp_path / "corpus").glob("*/audio/*.wav"))
+    torch.manual_seed(0)
+    model = OmniForConditionalGeneration(OmniConfig.from_preset("tiny")).eval()
+    before = model.audio_tokenizer.rvq.layers[0]._codebook.embed.clone()
+
+    left = kmeans_codebooks(model, audio, seed=0)
+
+    energies = list(left.values())
+    assert len(energies) == len(model.audio_tokenizer.rvq.layers)
+    assert energies[0] < 0.5 and all(b <= a + 1e-6 for a, b in itertools.pairwise(energies))
+    assert not torch.equal(before, model.audio_tokenizer.rvq.layers[0]._codebook.embed)

@@ -327,13 +327,32 @@ def build_demo_model(
     record["metrics"] = metrics
     record["build_minutes"] = round((time.monotonic() - started) / 60, 1)
     record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    serving = {"name": f"omniclinic-demo ({plan.preset}, phantoms)", "version": record["finished"][:10],
-               "untrained_parts": list(UNTRAINED), "caution": CAUTION}  # fmt: skip
+    write_records(out, record)
+    return record
+
+
+def spoken_input(metrics: dict[str, Any]) -> str:
+    """How the app gives the model a spoken question: as audio when hearing it measured at least as
+    well as reading the recognizer's transcript, else as the transcript."""
+    heard, read = metrics.get("spoken_closed_accuracy"), metrics.get("transcribed_closed_accuracy")
+    return "audio" if heard is not None and read is not None and heard >= read else "transcript"
+
+
+def write_records(out: Path, record: dict[str, Any]) -> None:
+    """The serving record, training record, metrics and model card of a built folder."""
+    metrics = record.get("metrics", {})
+    serving = {
+        "name": f"omniclinic-demo ({record['plan']['preset']}, phantoms)",
+        "version": str(record.get("finished", ""))[:10],
+        "untrained_parts": list(UNTRAINED),
+        "caution": CAUTION,
+        "spoken_input": spoken_input(metrics),
+    }
+    record["spoken_input"] = serving["spoken_input"]
     (out / SERVING_RECORD).write_text(json.dumps(serving, indent=2) + "\n", encoding="utf-8")
     (out / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     (out / METRICS).write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
     (out / MODEL_CARD).write_text(model_card(record), encoding="utf-8")
-    return record
 
 
 @torch.no_grad()
@@ -424,8 +443,10 @@ def model_card(record: dict[str, Any]) -> str:
         "## Limits",
         "- Chest phantoms only (CT and radiographs): no abdomen, head, MR or ultrasound, no real anatomy.",
         "- Closed answers are short words; reports follow one template.",
-        "- Spoken questions: the model hears the audio through its own audio tokenizer; the transcript the",
-        "  clinician sees comes from Whisper tiny.en. Both paths are measured above.",
+        "- Spoken questions: both paths are measured above, the model hearing the audio through its own audio",
+        "  tokenizer (`spoken_closed_accuracy`) and reading Whisper tiny.en's transcript",
+        f"  (`transcribed_closed_accuracy`). The app uses the better: **{record.get('spoken_input', 'transcript')}**.",
+        "  The clinician always sees the recognizer's transcript.",
         "- Its own speech output is untrained.",
         "",
     ]

@@ -7,9 +7,9 @@
   per question and one per report (the drafting prompt answered with the reference report);
 - ``SPLIT/questions.jsonl``: what evaluation asks, one line per question: the study, the question,
   the answer, its kind, whether it is closed, and whether the study is stored reversed;
-- ``SPLIT/audio/``: with ``spoken_fraction``, closed questions also asked aloud (espeak-ng voices,
-  rates, pitches, noise), as a spoken conversation (the model hears the audio) and a ``questions.jsonl``
-  ``audio`` field.
+- ``SPLIT/audio/``: with ``spoken_fraction``, closed questions also asked aloud (Piper at varied paces,
+  espeak-ng voices, rates and pitches, noise), as a spoken conversation (the model hears the audio)
+  and a ``questions.jsonl`` ``audio`` field.
 
 Splits are drawn per study from the seed alone, so the same seed gives the same corpus. The test split
 is held out: its questions use phrasings the other splits never use (``medical_data.phantoms``), and
@@ -19,10 +19,12 @@ nothing in this module lets it into training.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -117,18 +119,41 @@ def build_corpus(
 
 
 def speak_question(text: str, target: Path, rng: np.random.Generator) -> None:
-    """``text`` spoken by a varied speaker (espeak-ng voice, rate, pitch) over noise at 15-35 dB SNR."""
+    """``text`` spoken by a varied speaker over noise at 15-35 dB SNR: Piper's voice at a varied pace a
+    third of the time when Piper is installed, else an espeak-ng voice at a varied rate and pitch."""
     from omni_core.speech.encode import wav_bytes
-    from omni_core.speech.tts import EspeakSynthesizer, speak
+    from omni_core.speech.tts import EspeakSynthesizer, PiperSynthesizer, speak
 
-    synthesizer = EspeakSynthesizer(
-        voice=str(rng.choice(VOICES)), words_per_minute=int(rng.integers(130, 200)), pitch=int(rng.integers(25, 75))
-    )
+    synthesizer: EspeakSynthesizer | PiperSynthesizer
+    use_piper = rng.random() < 1 / 3
+    pace = float(rng.uniform(0.8, 1.25))
+    voice = str(rng.choice(VOICES))
+    words_per_minute, pitch = int(rng.integers(130, 200)), int(rng.integers(25, 75))
+    if use_piper and _piper_available():
+        synthesizer = _piper(round(pace * 20) / 20)
+    else:
+        synthesizer = EspeakSynthesizer(voice=voice, words_per_minute=words_per_minute, pitch=pitch)
     samples = speak(synthesizer, text)
     rms = float(np.sqrt(np.mean(samples**2))) or 1e-3
     noise = rng.normal(0.0, rms / 10 ** (rng.uniform(15, 35) / 20), size=samples.shape).astype(np.float32)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(target, wav_bytes(samples + noise, synthesizer.sample_rate))
+
+
+@functools.cache
+def _piper(pace: float) -> Any:
+    """Piper's voice at one pace, loaded once (the corpus uses a handful of paces)."""
+    from omni_core.speech.tts import PiperSynthesizer, piper_voice_files
+
+    return PiperSynthesizer(*piper_voice_files(), length_scale=pace)  # type: ignore[misc]
+
+
+def _piper_available() -> bool:
+    import importlib.util
+
+    from omni_core.speech.tts import piper_voice_files
+
+    return piper_voice_files() is not None and importlib.util.find_spec("piper") is not None
 
 
 def _conversation(

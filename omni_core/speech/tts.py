@@ -59,7 +59,10 @@ class PiperSynthesizer:
 
     name = "piper"
 
-    def __init__(self, model_path: Path, config_path: Path, *, deterministic: bool = False) -> None:
+    def __init__(
+        self, model_path: Path, config_path: Path, *, deterministic: bool = False, length_scale: float | None = None
+    ) -> None:
+        """``length_scale``: the pace (above 1 slower, below 1 faster; None: the voice's own)."""
         try:
             from piper import PiperVoice
         except ImportError:
@@ -70,7 +73,8 @@ class PiperSynthesizer:
 
         self._voice = PiperVoice.load(str(model_path), config_path=str(config_path))
         self.sample_rate = int(self._voice.config.sample_rate)
-        self._config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0) if deterministic else None
+        quiet = {"noise_scale": 0.0, "noise_w_scale": 0.0} if deterministic else {}
+        self._config = SynthesisConfig(length_scale=length_scale, **quiet) if quiet or length_scale else None
 
     def synthesize_sentence(self, text: str) -> np.ndarray:
         chunks = [chunk.audio_float_array for chunk in self._voice.synthesize(text, self._config)]

@@ -336,10 +336,12 @@ def run(
     *,
     limit: int | None = None,
     max_new_tokens: int = 48,
+    report_tokens: int = 160,
     progress: Callable[[int, int], None] | None = None,
     cache_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Ask ``model_dir`` every question of the benchmark (the first ``limit``); write and return metrics."""
+    """Ask ``model_dir`` every question of the benchmark (the first ``limit``); write and return metrics.
+    Answers get ``max_new_tokens``, drafted reports ``report_tokens`` (the app's own answer limit)."""
     import torch
 
     from medical_data.report_formats import DRAFT_REQUEST
@@ -358,18 +360,19 @@ def run(
         raise BenchmarkError("the benchmark holds no questions")
     model, tokenizer = load_model_folder(model_dir, cache_dir or model_dir.parent / ".cache")
     processor, reader = OmniProcessor(model.config, tokenizer), MediaReader(model.config)
-    options = processor.decoding_options(
-        DecodingOptions(max_new_tokens=max_new_tokens, speech=False, temperature=0.0), speak_sentences=False
-    )
+
+    def options(tokens: int) -> DecodingOptions:
+        plain = DecodingOptions(max_new_tokens=tokens, speech=False, temperature=0.0)
+        return processor.decoding_options(plain, speak_sentences=False)
 
     @torch.no_grad()
-    def ask(image: Path, question: str, audio: Path | None = None) -> str:
+    def ask(image: Path, question: str, audio: Path | None = None, tokens: int = max_new_tokens) -> str:
         media = ContentPart("series" if image.is_dir() else "image", str(image))
         system = Turn("system", (ContentPart("text", SYSTEM_PROMPT),))
         asked = ContentPart("audio", str(audio)) if audio is not None else ContentPart("text", question)
         turns = (system, Turn("user", (media, asked)))
         prompt = processor(reader.messages(Conversation(turns=turns, id="eval")), add_generation_prompt=True)
-        result = model.generate(prompt.input_ids, options=options, **prompt.model_kwargs())
+        result = model.generate(prompt.input_ids, options=options(tokens), **prompt.model_kwargs())
         return tokenizer.decode([t for t in result.token_ids if t not in processor.control_ids]).strip()
 
     answers = []
@@ -385,8 +388,13 @@ def run(
             folder = image.parent  # the study: its series folder's, or its radiograph's
             reference = (folder / REFERENCE_REPORT).read_text(encoding="utf-8")
             truth = json.loads((folder / "ground_truth.json").read_text(encoding="utf-8"))
-            drafts.append((ask(image, DRAFT_REQUEST), reference, bool(truth["normal"])))
+            drafts.append((ask(image, DRAFT_REQUEST, tokens=report_tokens), reference, bool(truth["normal"])))
         metrics |= score_reports(drafts)
+        reports = [
+            json.dumps({"study": str(i.parent.name), "draft": d, "reference": r})
+            for i, (d, r, _) in zip(studies, drafts, strict=True)
+        ]
+        write_atomically(out / "reports.jsonl", "".join(line + "\n" for line in reports))
         metrics |= score_spoken(items, answers, ask)
     lines = [
         json.dumps({"id": i.id, "question": i.question, "answer": i.answer, "kind": i.kind, "prediction": a})

@@ -142,3 +142,62 @@ def load_model_folder(
         merge_lora(model)
     model.to(dtype)
     return model.eval(), load_tokenizer(folder)
+
+
+# -- the speech recognizer adapted with the model ---------------------------------------------------------
+RECOGNIZER_FOLDER = "recognizer"
+RECOGNIZER_WEIGHTS = "decoder_layers.safetensors"
+RECOGNIZER_RECORD = "recognizer.json"
+DECODER_PREFIXES = ("model.decoder.layers.", "model.decoder.layer_norm.")
+
+
+def save_recognizer_delta(hf_folder: Path, folder: Path, record: dict[str, Any]) -> int:
+    """The decoder layers of Whisper tiny.en fine-tuned with embeddings frozen (``hf_folder``), float16,
+    with ``record`` (its word error rates), into ``folder/recognizer``. Returns the bytes written."""
+    tuned = load_file(str(next(iter(sorted(hf_folder.glob("*.safetensors"))))))
+    state = {k: v.to(torch.float16).contiguous() for k, v in tuned.items() if k.startswith(DECODER_PREFIXES)}
+    if not state:
+        raise ValueError("no decoder layers in the fine-tuned recognizer")
+    target = folder / RECOGNIZER_FOLDER
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(target / RECOGNIZER_WEIGHTS), metadata={"format": "pt", "omniclinic": "recognizer-delta"})
+    (target / RECOGNIZER_RECORD).write_text(json.dumps({"base": "tiny.en"} | record, indent=2) + "\n", encoding="utf-8")
+    return sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+
+
+def recognizer_folder(model_folder: Path, cache_dir: Path) -> Path | None:
+    """The CTranslate2 folder of the recognizer adapted with a model (None when the folder has none):
+    Whisper tiny.en from its package with the stored decoder layers in place, exported once into
+    ``cache_dir`` under a name that changes with the stored weights."""
+    import hashlib
+    import shutil
+
+    from omni_core.model_cache import building_folder
+    from omni_core.whisper_ct2 import export_ct2
+
+    weights = model_folder / RECOGNIZER_FOLDER / RECOGNIZER_WEIGHTS
+    if not weights.is_file():
+        return None
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    target = cache_dir / f"recognizer-{digest}"
+    if (target / "model.bin").is_file():
+        return target
+    base = whisper_tiny_folder(cache_dir)
+    stored = load_file(str(weights))
+    with building_folder(cache_dir / f".recognizer-{digest}-hf", replace=True) as hf:
+        for path in base.iterdir():
+            if path.is_file():
+                shutil.copy(path, hf / path.name)
+        state = load_file(str(hf / "model.safetensors"))
+        unknown = sorted(set(stored) - set(state))
+        if unknown or not all(stored[k].shape == state[k].shape for k in stored):
+            raise CheckpointError("the stored recognizer layers do not fit Whisper tiny.en")
+        state.update({k: v.to(state[k].dtype) for k, v in stored.items()})
+        save_file(state, str(hf / "model.safetensors"), metadata={"format": "pt"})
+    hf_folder = cache_dir / f".recognizer-{digest}-hf"
+    try:
+        with building_folder(target) as staging:
+            export_ct2(hf_folder, staging)
+    finally:
+        shutil.rmtree(hf_folder, ignore_errors=True)
+    return target

@@ -282,3 +282,15 @@ def convert_ct2_whisper(source: str | os.PathLike[str], target: str | os.PathLik
         (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
         WhisperFeatureExtractor(feature_size=config["num_mel_bins"]).save_pretrained(staging)
     return target
+
+
+CT2_FILES = ("tokenizer.json", "preprocessor_config.json")
+
+
+def export_ct2(hf_folder: Path, target: Path) -> Path:
+    """ctranslate2's converter: a transformers Whisper folder to the folder faster-whisper loads (float16)."""
+    from ctranslate2.converters import TransformersConverter
+
+    files = [name for name in CT2_FILES if (hf_folder / name).is_file()]
+    TransformersConverter(str(hf_folder), copy_files=files).convert(str(target), quantization="float16", force=True)
+    return target

@@ -193,6 +193,9 @@ class AsrConfig:
     """tiny.en, base, a CTranslate2 Whisper folder (converted first) or a transformers Whisper folder."""
     freeze_encoder: bool = True
     """Train the decoder only (dictation adaptation is mostly vocabulary)."""
+    freeze_embeddings: bool = False
+    """Keep the decoder's token and position embeddings (and the output layer tied to them): the weights
+    that change are then the decoder's layers only, small enough to ship beside a model."""
 
 
 @dataclass

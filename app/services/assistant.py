@@ -194,7 +194,9 @@ class Assistant:
             if self._recognizer is None:
                 from omni_core.speech.asr import RecognitionOptions, SpeechRecognizer, resolve_model
 
-                model = resolve_model(self.settings.asr_model, self.settings.models_dir)
+                model = adapted_recognizer(self.settings) or resolve_model(
+                    self.settings.asr_model, self.settings.models_dir
+                )
                 self._recognizer = SpeechRecognizer(
                     model,
                     cpu_threads=self.settings.cpu_threads,
@@ -313,6 +315,25 @@ def _load_model(settings: Settings) -> tuple[Any, Any]:
     return model.eval(), OmniProcessor(model.config, tokenizer)
 
 
+def served_folder(settings: Settings) -> Path | None:
+    """The model folder the settings serve (None: a preset built in memory or the untrained build)."""
+    if settings.model_dir is not None:
+        return settings.model_dir
+    return default_model_folder() if settings.model_preset == "demo-cpu" else None
+
+
+def adapted_recognizer(settings: Settings) -> Path | None:
+    """The speech recognizer adapted with the served model (``omniclinic demo-model build`` keeps it
+    only when it measured better than Whisper tiny.en), when the settings leave the recognizer at
+    its default; None otherwise."""
+    folder = served_folder(settings)
+    if settings.asr_model != "tiny.en" or folder is None:
+        return None
+    from omni_core.trained_parts import recognizer_folder
+
+    return recognizer_folder(folder, settings.models_dir)
+
+
 def default_model_folder() -> Path | None:
     """The committed default model, when this checkout has it."""
     from omni_core.trained_parts import is_parts_folder
@@ -327,9 +348,10 @@ def prepare_default_model(cache_dir: Path) -> Path:
     trained = default_model_folder()
     if trained is None:
         return demo_model_folder(cache_dir)
-    from omni_core.trained_parts import COMPONENTS, component_folders
+    from omni_core.trained_parts import COMPONENTS, component_folders, recognizer_folder
 
     component_folders(json.loads((trained / COMPONENTS).read_text(encoding="utf-8"))["components"], cache_dir)
+    recognizer_folder(trained, cache_dir)
     return trained
 
 

@@ -75,3 +75,38 @@ def test_parts_that_do_not_fit_the_config_are_refused(tmp_path: Path) -> None:
     (folder / PARTS_WEIGHTS).write_bytes(b"\x00" * 7)
     with pytest.raises(Exception):  # noqa: B017 - a truncated file is refused by safetensors itself
         load_model_folder(folder, tmp_path / "cache")
+
+
+def test_an_adapted_recognizer_ships_as_its_decoder_layers_and_serves_through_faster_whisper(tmp_path: Path) -> None:
+    from safetensors.torch import load_file as load_tensors
+    from safetensors.torch import save_file as save_tensors
+
+    from medical_data.audio import decode_audio
+    from omni_core.speech.asr import RecognitionOptions, SpeechRecognizer
+    from omni_core.speech.encode import wav_bytes
+    from omni_core.speech.tts import load_synthesizer, speak
+    from omni_core.trained_parts import recognizer_folder, save_recognizer_delta, whisper_tiny_folder
+    from omni_core.whisper_ct2 import export_ct2
+
+    cache = tmp_path / "cache"
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    state = load_tensors(str(whisper_tiny_folder(cache) / "model.safetensors"))
+    layer = "model.decoder.layers.0.fc2.bias"
+    state[layer] = state[layer] + 1e-3  # "fine-tuned"
+    save_tensors(state, str(tuned / "model.safetensors"))
+    model = tmp_path / "model"
+    assert recognizer_folder(model, cache) is None  # a model without one: tiny.en serves
+
+    written = save_recognizer_delta(tuned, model, {"wer_tiny_en": 0.2, "wer_adapted": 0.1})
+
+    assert written < 20 * 2**20  # the decoder layers only, not the 75 MB model
+    served = recognizer_folder(model, cache)
+    assert served is not None and (served / "model.bin").is_file()
+    assert recognizer_folder(model, cache) == served  # exported once
+    plain = export_ct2(whisper_tiny_folder(cache), tmp_path / "plain-ct2")
+    assert (served / "model.bin").read_bytes() != (plain / "model.bin").read_bytes()  # the tuned layers are in it
+    synthesizer = load_synthesizer("piper", deterministic=True)
+    wav = wav_bytes(speak(synthesizer, "Which side is the mass on?"), synthesizer.sample_rate)
+    recognizer = SpeechRecognizer(served, options=RecognitionOptions(vocabulary=()))
+    assert "which side is the mass on" in recognizer.transcribe(decode_audio(wav).samples).text.lower()

@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from omni_core.model_cache import building_folder
+from omni_core.whisper_ct2 import export_ct2
 from training.config import RecipeConfig
 from training.conversations import Conversation, load_conversations
 from training.data import ConversationStream, clean_as_configured, split_by_group
@@ -54,7 +55,6 @@ from training.runtime import (
 )
 
 CHECKPOINTS, STATE = "checkpoints", "asr.pt"
-CT2_FILES = ("tokenizer.json", "preprocessor_config.json")
 
 
 def dictation_pairs(conversations: list[Conversation]) -> list[Conversation]:
@@ -98,15 +98,6 @@ def served_wer(ct2_folder: Path, pairs: list[Conversation]) -> float:
         references.append(text)
         hypotheses.append(heard)
     return word_error_rate(references, hypotheses)
-
-
-def export_ct2(hf_folder: Path, target: Path) -> Path:
-    """ctranslate2's converter: a transformers Whisper folder to the folder faster-whisper loads."""
-    from ctranslate2.converters import TransformersConverter
-
-    files = [name for name in CT2_FILES if (hf_folder / name).is_file()]
-    TransformersConverter(str(hf_folder), copy_files=files).convert(str(target), quantization="float16", force=True)
-    return target
 
 
 class AsrRecipe:
@@ -160,6 +151,9 @@ class AsrRecipe:
         model = whisper.to(processes.device).train()
         if self.settings.freeze_encoder:  # type: ignore[union-attr]
             model.model.encoder.requires_grad_(False)
+        if self.settings.freeze_embeddings:  # type: ignore[union-attr]
+            model.model.decoder.embed_tokens.requires_grad_(False)  # tied to the output layer
+            model.model.decoder.embed_positions.requires_grad_(False)
         self.model = model
         o = cfg.optim
         trainable = [p for p in model.parameters() if p.requires_grad]

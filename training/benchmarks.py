@@ -291,10 +291,13 @@ def read_benchmark(name: str, data: Path, work_dir: Path) -> list[Item]:
         raise BenchmarkError(f"a row lacks the field {exc.args[0]!r} its format needs") from None
 
 
-def score_spoken(items: list[Item], typed: list[str], ask: Callable[..., str]) -> dict[str, Any]:
+def score_spoken(
+    items: list[Item], typed: list[str], ask: Callable[..., str], recognizer_folder: Path | None = None
+) -> dict[str, Any]:
     """The spoken closed questions asked both ways: the model hearing the audio itself, and the model
     reading the recognizer's transcript (what the clinician sees); beside them, the same questions typed,
-    and the recognizer's word error rate on them."""
+    and the recognizer's word error rate on them. The recognizer is the app's: the one adapted with the
+    model when it has one (``recognizer_folder``), else Whisper tiny.en, with the radiology lexicon."""
     import jiwer
 
     from medical_data.audio import decode_audio
@@ -304,7 +307,9 @@ def score_spoken(items: list[Item], typed: list[str], ask: Callable[..., str]) -
     spoken = [(item, answer) for item, answer in zip(items, typed, strict=True) if item.audio and item.closed]
     if not spoken:
         return {"spoken_questions": 0, "spoken_closed_accuracy": None, "transcribed_closed_accuracy": None}
-    recognizer = SpeechRecognizer(resolve_model("tiny.en", Path.home()), options=RecognitionOptions(vocabulary=()))
+    recognizer = SpeechRecognizer(
+        recognizer_folder or resolve_model("tiny.en", Path.home()), options=RecognitionOptions()
+    )
     heard, read, same_typed, transcripts = [], [], [], []
     for item, typed_answer in spoken:
         audio = item.audio or Path()
@@ -348,7 +353,7 @@ def run(
     from omni_core import OmniProcessor
     from omni_core.modeling_omni import DecodingOptions
     from omni_core.prompts import SYSTEM_PROMPT
-    from omni_core.trained_parts import load_model_folder
+    from omni_core.trained_parts import load_model_folder, recognizer_folder
     from omniclinic_common.files import write_atomically
     from training.conversations import ContentPart, Conversation, Turn
     from training.data import MediaReader
@@ -358,7 +363,8 @@ def run(
     items = read_benchmark(benchmark, data, out / ".work")[:limit]
     if not items:
         raise BenchmarkError("the benchmark holds no questions")
-    model, tokenizer = load_model_folder(model_dir, cache_dir or model_dir.parent / ".cache")
+    cache = cache_dir or model_dir.parent / ".cache"
+    model, tokenizer = load_model_folder(model_dir, cache)
     processor, reader = OmniProcessor(model.config, tokenizer), MediaReader(model.config)
 
     def options(tokens: int) -> DecodingOptions:
@@ -395,7 +401,7 @@ def run(
             for i, (d, r, _) in zip(studies, drafts, strict=True)
         ]
         write_atomically(out / "reports.jsonl", "".join(line + "\n" for line in reports))
-        metrics |= score_spoken(items, answers, ask)
+        metrics |= score_spoken(items, answers, ask, recognizer_folder(model_dir, cache))
     lines = [
         json.dumps({"id": i.id, "question": i.question, "answer": i.answer, "kind": i.kind, "prediction": a})
         for i, a in zip(items, answers, strict=True)

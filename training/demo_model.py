@@ -77,7 +77,7 @@ class DemoPlan:
     """Conversations packed per row (segment-masked): about five questions."""
     validation_conversations: int = 48
     eval_limit: int | None = None
-    asr_steps: int = 120
+    asr_steps: int = 80
     """Steps of Whisper tiny.en's decoder layers on the training split's spoken questions (batches of 8)."""
     stages: list[StagePlan] = field(
         default_factory=lambda: [
@@ -85,7 +85,7 @@ class DemoPlan:
                 "1-image-text",
                 "Image-text alignment: the vision encoder and projector learn to describe studies to the frozen LLM.",
                 ("vision", "projector"),
-                steps=220,
+                steps=360,
                 lr=1e-3,
                 sources=("typed", "report"),
             ),
@@ -93,7 +93,7 @@ class DemoPlan:
                 "2-audio-text",
                 "Audio-text alignment: the audio embedding carries speech to the frozen LLM.",
                 ("audio_embedding",),
-                steps=120,
+                steps=160,
                 lr=2e-3,
                 sources=("repeat", "spoken"),
             ),
@@ -101,7 +101,7 @@ class DemoPlan:
                 "3-omni-sft",
                 "Omni SFT: LoRA on the LLM with vision, projector and audio embedding, on every kind of conversation.",
                 ("vision", "projector", "audio_embedding"),
-                steps=420,
+                steps=720,
                 lr=5e-4,
                 sources=("typed", "spoken", "report", "repeat"),
                 lora=True,
@@ -362,7 +362,7 @@ def adapt_recognizer(out: Path, corpus: Path, work: Path, plan: DemoPlan) -> dic
             batch_size=8,
             seed=plan.seed,
         ),
-        optim=OptimConfig(lr=1e-5, warmup_steps=10, max_steps=plan.asr_steps),
+        optim=OptimConfig(lr=3e-5, warmup_steps=10, max_steps=plan.asr_steps),
         run=RunConfig(output_dir=str(run_dir), log_every=10, seed=plan.seed),
     )
     started = time.monotonic()
@@ -477,7 +477,7 @@ def model_card(record: dict[str, Any]) -> str:
         verdict = "kept: the app transcribes with it" if recognizer["used"] else "not kept: tiny.en measured better"
         lines.append(
             f"| asr | Whisper tiny.en decoder layers | {recognizer['train_pairs']} spoken questions | "
-            f"{recognizer['steps']} | 1e-05 | — | — | {recognizer['minutes']} |"
+            f"{recognizer['steps']} | 3e-05 | — | — | {recognizer['minutes']} |"
         )
         lines += [
             "",

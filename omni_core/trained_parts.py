@@ -3,10 +3,11 @@
 The default model's backbone (SmolLM2-135M, 540 MB in float32) and audio encoder (Whisper tiny.en)
 install offline as packages; training left them frozen and added LoRA adapters to the backbone. So
 the folder holds the trained parts (vision encoder, projector, the audio tokenizer's codebooks, the
-audio embedding) in float16, the adapters, the tokenizer and ``components.json``, which names the
-pretrained parts. Loading rebuilds the model from those packages exactly as training did
-(``from_components``), puts the trained parts in place and merges the adapters: the same weights as
-the merged training result, from a folder of a few tens of megabytes that can be committed.
+audio embedding) and the adapters in float16, and ``components.json``, which names the pretrained
+parts (the tokenizer is the LLM's, from its package). Loading rebuilds the model from those
+packages exactly as training did (``from_components``), puts the trained parts in place and merges
+the adapters: the same weights as the merged training result, from a folder of a few tens of
+megabytes that can be committed.
 
 ``load_model_folder`` loads this kind of folder and the full kind (``save_pretrained``) alike.
 """
@@ -49,24 +50,28 @@ def save_trained_parts(
             raise ValueError(f"components: {name}={value!r} is not a packaged part")
     folder.mkdir(parents=True, exist_ok=True)
     model.config.save(folder / CONFIG_NAME)
-    state = {  # a layer that carries adapters stores its base weight under the plain layer's name
-        name.replace(".base_layer.", "."): tensor.detach()
-        .to(torch.float16 if tensor.is_floating_point() else tensor.dtype)
-        .contiguous()
-        for name, tensor in model.state_dict().items()
+    state = {  # parameters only (buffers are rebuilt as training built them); a layer that carries
+        # adapters stores its base weight under the plain layer's name
+        name.replace(".base_layer.", "."): tensor.detach().to(torch.float16).contiguous()
+        for name, tensor in model.named_parameters()
         if name.startswith(prefixes) and "lora_" not in name
     }
     if not state:
         raise ValueError("no parameter matches the trained parts' prefixes")
     save_file(state, str(folder / PARTS_WEIGHTS), metadata={"format": "pt", "omniclinic": "trained-parts"})
-    if adapter is not None:
+    written = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    if adapter is not None:  # the adapters in float16 too, beside their settings
+        from omni_core.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
         target = folder / ADAPTER_FOLDER
         target.mkdir(exist_ok=True)
-        for path in adapter.iterdir():
-            (target / path.name).write_bytes(path.read_bytes())
+        (target / ADAPTER_CONFIG).write_bytes((adapter / ADAPTER_CONFIG).read_bytes())
+        adapters = {k: v.to(torch.float16).contiguous() for k, v in load_file(str(adapter / ADAPTER_WEIGHTS)).items()}
+        save_file(adapters, str(target / ADAPTER_WEIGHTS), metadata={"format": "pt", "omniclinic": "lora"})
+        written += sum(tensor.numel() * tensor.element_size() for tensor in adapters.values())
     record = {"components": components, "trained_prefixes": list(prefixes)}
     (folder / COMPONENTS).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    return written
 
 
 def is_parts_folder(folder: str | os.PathLike[str]) -> bool:
@@ -125,7 +130,7 @@ def load_model_folder(
     torch.manual_seed(0)  # parts neither packaged nor trained (the speech head) start as training's did
     model = OmniForConditionalGeneration.from_components(config, llm=sources.get("llm"), whisper=sources.get("whisper"))
     stored = load_file(str(folder / PARTS_WEIGHTS))
-    expected = {name for name in model.state_dict() if name.startswith(prefixes)}
+    expected = {name for name, _ in model.named_parameters() if name.startswith(prefixes)}
     if set(stored) != expected:
         extra, missing = sorted(set(stored) - expected), sorted(expected - set(stored))
         raise CheckpointError(f"trained parts do not fit the config ({len(extra)} unexpected, {len(missing)} missing)")
@@ -141,7 +146,7 @@ def load_model_folder(
         load_lora(model, folder / ADAPTER_FOLDER)
         merge_lora(model)
     model.to(dtype)
-    return model.eval(), load_tokenizer(folder)
+    return model.eval(), load_tokenizer(sources.get("llm", folder))  # the LLM's own tokenizer, from its package
 
 
 # -- the speech recognizer adapted with the model ---------------------------------------------------------
@@ -151,11 +156,16 @@ RECOGNIZER_RECORD = "recognizer.json"
 DECODER_PREFIXES = ("model.decoder.layers.", "model.decoder.layer_norm.")
 
 
-def save_recognizer_delta(hf_folder: Path, folder: Path, record: dict[str, Any]) -> int:
-    """The decoder layers of Whisper tiny.en fine-tuned with embeddings frozen (``hf_folder``), float16,
-    with ``record`` (its word error rates), into ``folder/recognizer``. Returns the bytes written."""
+def save_recognizer_delta(hf_folder: Path, folder: Path, record: dict[str, Any], cache_dir: Path) -> int:
+    """The decoder-layer tensors that fine-tuning Whisper tiny.en (embeddings frozen) changed, in
+    float16, with ``record`` (its word error rates), into ``folder/recognizer``. Returns the bytes written."""
     tuned = load_file(str(next(iter(sorted(hf_folder.glob("*.safetensors"))))))
-    state = {k: v.to(torch.float16).contiguous() for k, v in tuned.items() if k.startswith(DECODER_PREFIXES)}
+    base = load_file(str(whisper_tiny_folder(cache_dir) / "model.safetensors"))
+    state = {  # the decoder tensors training changed
+        k: v.to(torch.float16).contiguous()
+        for k, v in tuned.items()
+        if k.startswith(DECODER_PREFIXES) and (k not in base or not torch.equal(v.to(base[k].dtype), base[k]))
+    }
     if not state:
         raise ValueError("no decoder layers in the fine-tuned recognizer")
     target = folder / RECOGNIZER_FOLDER

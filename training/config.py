@@ -196,6 +196,12 @@ class AsrConfig:
     freeze_embeddings: bool = False
     """Keep the decoder's token and position embeddings (and the output layer tied to them): the weights
     that change are then the decoder's layers only, small enough to ship beside a model."""
+    train_decoder_layers: int | None = None
+    """Train only the decoder's last N layers (and its final norm); None: every decoder layer."""
+
+    def __post_init__(self) -> None:
+        if self.train_decoder_layers is not None and self.train_decoder_layers < 1:
+            raise ValueError("train_decoder_layers must be >= 1 (or null for all)")
 
 
 @dataclass

@@ -154,6 +154,10 @@ class AsrRecipe:
         if self.settings.freeze_embeddings:  # type: ignore[union-attr]
             model.model.decoder.embed_tokens.requires_grad_(False)  # tied to the output layer
             model.model.decoder.embed_positions.requires_grad_(False)
+        kept = self.settings.train_decoder_layers  # type: ignore[union-attr]
+        if kept is not None:
+            for layer in model.model.decoder.layers[:-kept]:
+                layer.requires_grad_(False)
         self.model = model
         o = cfg.optim
         trainable = [p for p in model.parameters() if p.requires_grad]

@@ -84,9 +84,10 @@ class VisionConfig:
     max_frames: int = 32
     slab_projection: str = "sample"
     """How a series longer than ``max_frames`` is thinned: ``sample`` keeps evenly spaced slices (the
-    release's way); ``max`` makes each kept frame the maximum-intensity projection of its slab of
-    slices (a thick-slab MIP, how radiologists search a chest CT for nodules), so a small dense
-    finding that lies between kept slices is not lost."""
+    release's way); ``max`` makes each kept frame of a greyscale series the maximum-intensity
+    projection of its slab of slices (a thick-slab MIP, how radiologists search a chest CT for
+    nodules), so a small dense finding that lies between kept slices is not lost. A MIP hides what is
+    darker than its surroundings within the slab; colour series are always sampled."""
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
 

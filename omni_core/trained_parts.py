@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from omni_core.configuration_omni import OmniConfig
@@ -29,6 +30,9 @@ from omni_core.modeling_omni import CONFIG_NAME, OmniForConditionalGeneration
 
 COMPONENTS = "components.json"
 PARTS_WEIGHTS = "trained_parts.safetensors"
+FULL_PRECISION = ("audio_tokenizer.rvq.",)
+"""Stored in float32: a codebook rounded to float16 can flip which code is nearest to a sound, and
+with it the token the model hears (seen as a 0.5 logit difference on a spoken question)."""
 ADAPTER_FOLDER = "adapter"
 KNOWN_COMPONENTS = {"llm": ("smollm2-135m-instruct",), "whisper": ("tiny.en",)}
 """What ``components.json`` may name: packages that install offline (``omni_core.backbones``,
@@ -43,7 +47,7 @@ def save_trained_parts(
     components: dict[str, str],
     adapter: Path | None,
 ) -> int:
-    """Write the parameters under ``prefixes`` (float16), the adapter folder's files and
+    """Write the parameters under ``prefixes`` (float16; codebooks float32), the adapters (float16) and
     ``components.json`` into ``folder``. Returns the bytes of weights written."""
     for name, value in components.items():
         if value not in KNOWN_COMPONENTS.get(name, ()):
@@ -52,7 +56,9 @@ def save_trained_parts(
     model.config.save(folder / CONFIG_NAME)
     state = {  # parameters only (buffers are rebuilt as training built them); a layer that carries
         # adapters stores its base weight under the plain layer's name
-        name.replace(".base_layer.", "."): tensor.detach().to(torch.float16).contiguous()
+        name.replace(".base_layer.", "."): tensor.detach()
+        .to(torch.float32 if name.startswith(FULL_PRECISION) else torch.float16)
+        .contiguous()
         for name, tensor in model.named_parameters()
         if name.startswith(prefixes) and "lora_" not in name
     }
@@ -76,6 +82,43 @@ def save_trained_parts(
 
 def is_parts_folder(folder: str | os.PathLike[str]) -> bool:
     return (Path(folder) / COMPONENTS).is_file()
+
+
+PART_PREFIXES = {
+    "vision": "vision.",
+    "projector": "vision.tower.merger.",
+    "audio_tokenizer": "audio_tokenizer.",
+    "audio_embedding": "audio_embedding.",
+    "llm": "llm.",
+    "audio_head": "audio_head.",
+    "speech_decoder": "speech_decoder.",
+}
+PACKAGED_PARTS = {"llm": ("llm", ()), "audio_tokenizer": ("whisper", ("audio_tokenizer.rvq.",))}
+"""Parts a packaged component provides: the component, and what must still be stored beside it (the
+audio tokenizer's codebooks are trained; its Whisper encoder comes from the package)."""
+
+
+def uncovered_parts(folder: Path) -> tuple[str, ...]:
+    """Parts of a trained-parts folder's model whose weights are neither stored nor packaged: they
+    start fresh at load, untrained, whatever a record beside them says. Every part when the folder's
+    ``components.json`` cannot be read."""
+    try:
+        record = json.loads((folder / COMPONENTS).read_text(encoding="utf-8"))
+        packaged = {str(name) for name in record["components"]}
+        stored = [str(prefix) for prefix in record["trained_prefixes"]]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return tuple(PART_PREFIXES)
+
+    def stored_whole(prefix: str) -> bool:
+        return any(prefix.startswith(kept) for kept in stored)
+
+    missing = []
+    for part, prefix in PART_PREFIXES.items():
+        component, beside = PACKAGED_PARTS.get(part, ("", ()))
+        from_package = component in packaged and all(stored_whole(p) for p in beside)
+        if not (stored_whole(prefix) or from_package):
+            missing.append(part)
+    return tuple(missing)
 
 
 def component_folders(names: dict[str, str], cache_dir: Path) -> dict[str, Path]:
@@ -127,9 +170,15 @@ def load_model_folder(
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{folder.name} is not a readable trained-parts folder ({type(exc).__name__})") from None
     sources = component_folders(names, cache_dir)
-    torch.manual_seed(0)  # parts neither packaged nor trained (the speech head) start as training's did
-    model = OmniForConditionalGeneration.from_components(config, llm=sources.get("llm"), whisper=sources.get("whisper"))
-    stored = load_file(str(folder / PARTS_WEIGHTS))
+    try:
+        with torch.random.fork_rng():  # parts neither packaged nor trained start as training's did (seed 0),
+            torch.manual_seed(0)  # without moving the caller's random state
+            model = OmniForConditionalGeneration.from_components(
+                config, llm=sources.get("llm"), whisper=sources.get("whisper")
+            )
+        stored = load_file(str(folder / PARTS_WEIGHTS))
+    except (ValueError, OSError, SafetensorError) as exc:  # SafetensorError: a truncated or corrupt file
+        raise CheckpointError(f"{folder.name} cannot be loaded ({type(exc).__name__})") from None
     expected = {name for name, _ in model.named_parameters() if name.startswith(prefixes)}
     if set(stored) != expected:
         extra, missing = sorted(set(stored) - expected), sorted(expected - set(stored))
@@ -143,7 +192,10 @@ def load_model_folder(
     if (folder / ADAPTER_FOLDER).is_dir():
         from omni_core.lora import load_lora, merge_lora
 
-        load_lora(model, folder / ADAPTER_FOLDER)
+        try:
+            load_lora(model, folder / ADAPTER_FOLDER)
+        except (ValueError, OSError, SafetensorError) as exc:
+            raise CheckpointError(f"the adapters in {folder.name} cannot be loaded ({exc})") from None
         merge_lora(model)
     model.to(dtype)
     return model.eval(), load_tokenizer(sources.get("llm", folder))  # the LLM's own tokenizer, from its package
@@ -178,23 +230,36 @@ def save_recognizer_delta(hf_folder: Path, folder: Path, record: dict[str, Any],
 def recognizer_folder(model_folder: Path, cache_dir: Path) -> Path | None:
     """The CTranslate2 folder of the recognizer adapted with a model (None when the folder has none):
     Whisper tiny.en from its package with the stored decoder layers in place, exported once into
-    ``cache_dir`` under a name that changes with the stored weights."""
+    ``cache_dir`` under a name that changes with the stored weights, the base package and the
+    converter. Processes that build it at once each work in a folder of their own; the first to
+    finish publishes it (``building_folder``)."""
     import hashlib
     import shutil
+    import tempfile
+
+    import ctranslate2
 
     from omni_core.model_cache import building_folder
+    from omni_core.speech.asr import resolve_model
     from omni_core.whisper_ct2 import export_ct2
 
     weights = model_folder / RECOGNIZER_FOLDER / RECOGNIZER_WEIGHTS
     if not weights.is_file():
         return None
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    target = cache_dir / f"recognizer-{digest}"
+    key = hashlib.sha256(weights.read_bytes())
+    base_package = resolve_model("tiny.en", cache_dir)
+    key.update(f"{(base_package / 'model.bin').stat().st_size}\0{ctranslate2.__version__}".encode())
+    target = cache_dir / f"recognizer-{key.hexdigest()[:16]}"
     if (target / "model.bin").is_file():
         return target
     base = whisper_tiny_folder(cache_dir)
-    stored = load_file(str(weights))
-    with building_folder(cache_dir / f".recognizer-{digest}-hf", replace=True) as hf:
+    try:
+        stored = load_file(str(weights))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"the stored recognizer layers cannot be read ({type(exc).__name__})") from None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".recognizer-", dir=cache_dir) as work:
+        hf = Path(work)
         for path in base.iterdir():
             if path.is_file():
                 shutil.copy(path, hf / path.name)
@@ -204,10 +269,6 @@ def recognizer_folder(model_folder: Path, cache_dir: Path) -> Path | None:
             raise CheckpointError("the stored recognizer layers do not fit Whisper tiny.en")
         state.update({k: v.to(state[k].dtype) for k, v in stored.items()})
         save_file(state, str(hf / "model.safetensors"), metadata={"format": "pt"})
-    hf_folder = cache_dir / f".recognizer-{digest}-hf"
-    try:
         with building_folder(target) as staging:
-            export_ct2(hf_folder, staging)
-    finally:
-        shutil.rmtree(hf_folder, ignore_errors=True)
+            export_ct2(hf, staging)
     return target

@@ -199,11 +199,12 @@ def read_phantoms(data: Path) -> list[Item]:
 
 # -- scoring -----------------------------------------------------------------------------------------
 def report_findings(text: str) -> set[tuple[str, str]]:
-    """(finding, side) pairs a report names, from its findings sentences ("A 12 mm solid nodule in the
-    left upper lobe.", "Right pleural effusion."); sentences that deny ("no ...") name none."""
+    """(finding, side) pairs a report names ("A 12 mm solid nodule in the left upper lobe.", "Right
+    pleural effusion."), phrase by phrase: a phrase that denies ("no ...", "otherwise normal") names
+    none, and its denial reaches no other phrase."""
     named = set()
-    for sentence in re.split(r"(?<=[.;])\s+|\n", text.casefold()):
-        if re.search(r"\bno\b|\bwithout\b|\bnormal\b", sentence):
+    for sentence in re.split(r"[.;,:\n]|\botherwise\b|\bbut\b|\bwith\b", text.casefold()):
+        if re.search(r"\bno\b|\bwithout\b|\bnormal\b", sentence):  # a denial covers its own phrase only
             continue
         side = "left" if "left" in sentence else "right" if "right" in sentence else ""
         for word in FINDING_WORDS:
@@ -231,10 +232,18 @@ def score(items: list[Item], answers: list[str]) -> dict[str, Any]:
         values = list(values)
         return round(sum(values) / len(values), 4) if values else None
 
+    kinds = [i.kind for i in items if i.closed]
+    references = [" ".join(words(i.answer)) for i in items if i.closed]
+    majority = {
+        kind: max(sorted(set(found)), key=found.count)
+        for kind in set(kinds)
+        for found in [[r for k, r in zip(kinds, references, strict=True) if k == kind]]
+    }
     metrics: dict[str, Any] = {
         "questions": len(items),
         "closed_questions": len(closed),
         "closed_accuracy": mean(closed),
+        "closed_majority_baseline": mean(r == majority[k] for k, r in zip(kinds, references, strict=True)),
         "open_questions": len(opened),
         "open_recall": mean(opened),
     }
@@ -292,7 +301,7 @@ def read_benchmark(name: str, data: Path, work_dir: Path) -> list[Item]:
 
 
 def score_spoken(
-    items: list[Item], typed: list[str], ask: Callable[..., str], recognizer_folder: Path | None = None
+    items: list[Item], typed: list[str] | None, ask: Callable[..., str], recognizer_folder: Path | None = None
 ) -> dict[str, Any]:
     """The spoken closed questions asked both ways: the model hearing the audio itself, and the model
     reading the recognizer's transcript (what the clinician sees); beside them, the same questions typed,
@@ -304,7 +313,8 @@ def score_spoken(
     from omni_core.speech.asr import RecognitionOptions, SpeechRecognizer, resolve_model
     from omni_core.speech.errors import NoSpeechDetected
 
-    spoken = [(item, answer) for item, answer in zip(items, typed, strict=True) if item.audio and item.closed]
+    typed_answers = typed if typed is not None else [""] * len(items)
+    spoken = [(item, answer) for item, answer in zip(items, typed_answers, strict=True) if item.audio and item.closed]
     if not spoken:
         return {"spoken_questions": 0, "spoken_closed_accuracy": None, "transcribed_closed_accuracy": None}
     recognizer = SpeechRecognizer(
@@ -327,7 +337,7 @@ def score_spoken(
         "spoken_questions": len(spoken),
         "spoken_closed_accuracy": round(sum(heard) / len(heard), 4),
         "transcribed_closed_accuracy": round(sum(read) / len(read), 4),
-        "typed_closed_accuracy_same_questions": round(sum(same_typed) / len(same_typed), 4),
+        "typed_closed_accuracy_same_questions": round(sum(same_typed) / len(same_typed), 4) if typed else None,
         "question_word_error_rate": round(float(jiwer.wer(references, hypotheses)), 4),
     }
 
@@ -347,16 +357,9 @@ def run(
 ) -> dict[str, Any]:
     """Ask ``model_dir`` every question of the benchmark (the first ``limit``); write and return metrics.
     Answers get ``max_new_tokens``, drafted reports ``report_tokens`` (the app's own answer limit)."""
-    import torch
-
     from medical_data.report_formats import DRAFT_REQUEST
-    from omni_core import OmniProcessor
-    from omni_core.modeling_omni import DecodingOptions
-    from omni_core.prompts import SYSTEM_PROMPT
-    from omni_core.trained_parts import load_model_folder, recognizer_folder
+    from omni_core.trained_parts import recognizer_folder
     from omniclinic_common.files import write_atomically
-    from training.conversations import ContentPart, Conversation, Turn
-    from training.data import MediaReader
     from training.phantom_corpus import REFERENCE_REPORT
 
     out.mkdir(parents=True, exist_ok=True)
@@ -364,22 +367,7 @@ def run(
     if not items:
         raise BenchmarkError("the benchmark holds no questions")
     cache = cache_dir or model_dir.parent / ".cache"
-    model, tokenizer = load_model_folder(model_dir, cache)
-    processor, reader = OmniProcessor(model.config, tokenizer), MediaReader(model.config)
-
-    def options(tokens: int) -> DecodingOptions:
-        plain = DecodingOptions(max_new_tokens=tokens, speech=False, temperature=0.0)
-        return processor.decoding_options(plain, speak_sentences=False)
-
-    @torch.no_grad()
-    def ask(image: Path, question: str, audio: Path | None = None, tokens: int = max_new_tokens) -> str:
-        media = ContentPart("series" if image.is_dir() else "image", str(image))
-        system = Turn("system", (ContentPart("text", SYSTEM_PROMPT),))
-        asked = ContentPart("audio", str(audio)) if audio is not None else ContentPart("text", question)
-        turns = (system, Turn("user", (media, asked)))
-        prompt = processor(reader.messages(Conversation(turns=turns, id="eval")), add_generation_prompt=True)
-        result = model.generate(prompt.input_ids, options=options(tokens), **prompt.model_kwargs())
-        return tokenizer.decode([t for t in result.token_ids if t not in processor.control_ids]).strip()
+    ask = asker(model_dir, cache, max_new_tokens)
 
     answers = []
     for number, item in enumerate(items):
@@ -410,3 +398,45 @@ def run(
     write_atomically(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     write_atomically(out / "metrics.md", markdown_table(benchmark, model_dir.name, metrics))
     return metrics
+
+
+def spoken_paths(model_dir: Path, split: Path, cache_dir: Path, *, limit: int | None = None) -> dict[str, Any]:
+    """The first ``limit`` spoken closed questions of a phantom split asked both ways (heard, and read
+    from the app's recognizer's transcript): what chooses how the app gives the model a spoken question."""
+    from omni_core.trained_parts import recognizer_folder
+
+    items = [item for item in read_phantoms(split) if item.audio and item.closed][:limit]
+    ask = asker(model_dir, cache_dir, 48)
+    return score_spoken(items, None, ask, recognizer_folder(model_dir, cache_dir))
+
+
+def asker(model_dir: Path, cache_dir: Path, max_new_tokens: int) -> Callable[..., str]:
+    """``ask(image, question, audio=None, tokens=max_new_tokens)``: the model folder's greedy answer
+    about an image or series folder, to a typed question or (``audio``) a spoken one, as training asked."""
+    import torch
+
+    from omni_core import OmniProcessor
+    from omni_core.modeling_omni import DecodingOptions
+    from omni_core.prompts import SYSTEM_PROMPT
+    from omni_core.trained_parts import load_model_folder
+    from training.conversations import ContentPart, Conversation, Turn
+    from training.data import MediaReader
+
+    model, tokenizer = load_model_folder(model_dir, cache_dir)
+    processor, reader = OmniProcessor(model.config, tokenizer), MediaReader(model.config)
+
+    def options(tokens: int) -> DecodingOptions:
+        plain = DecodingOptions(max_new_tokens=tokens, speech=False, temperature=0.0)
+        return processor.decoding_options(plain, speak_sentences=False)
+
+    @torch.no_grad()
+    def ask(image: Path, question: str, audio: Path | None = None, tokens: int = max_new_tokens) -> str:
+        media = ContentPart("series" if image.is_dir() else "image", str(image))
+        system = Turn("system", (ContentPart("text", SYSTEM_PROMPT),))
+        asked = ContentPart("audio", str(audio)) if audio is not None else ContentPart("text", question)
+        turns = (system, Turn("user", (media, asked)))
+        prompt = processor(reader.messages(Conversation(turns=turns, id="eval")), add_generation_prompt=True)
+        result = model.generate(prompt.input_ids, options=options(tokens), **prompt.model_kwargs())
+        return tokenizer.decode([t for t in result.token_ids if t not in processor.control_ids]).strip()
+
+    return ask

@@ -46,6 +46,7 @@ METRICS = "metrics-phantoms.json"
 REPEAT_REQUEST = "Repeat what was said."
 TRAINED_PREFIXES = ("vision.", "audio_tokenizer.rvq.", "audio_embedding.")
 UNTRAINED = ("audio_head", "speech_decoder")
+SPOKEN_CAUTION = "Demonstration model, not for clinical use."
 CAUTION = (
     "Demonstration model trained only on synthetic chest phantoms: not for clinical use. "
     "A qualified clinician must read the study."
@@ -78,6 +79,8 @@ class DemoPlan:
     validation_conversations: int = 48
     eval_limit: int | None = None
     asr_steps: int = 80
+    choice_limit: int | None = 120
+    """Spoken validation questions asked both ways to choose how the app gives spoken questions to the model."""
     """Steps of Whisper tiny.en's decoder layers on the training split's spoken questions (batches of 8)."""
     stages: list[StagePlan] = field(
         default_factory=lambda: [
@@ -116,7 +119,8 @@ class DemoPlan:
         for stage in plan.stages:
             stage.steps = 2
         plan.eval_limit = 6
-        plan.asr_steps = 0
+        plan.asr_steps = 2
+        plan.choice_limit = 4
         return plan
 
 
@@ -176,6 +180,8 @@ def kmeans_codebooks(model: Any, audio_files: list[Path], *, seed: int, iteratio
     from medical_data.audio import decode_audio
     from omni_core.modeling_audio import log_mel, pad_mels
 
+    if not audio_files:
+        raise ValueError("no speech to fit the codebooks to: build the corpus with spoken questions")
     tokenizer = model.audio_tokenizer
     config = tokenizer.config
     features = []
@@ -258,10 +264,15 @@ def build_demo_model(
     model = OmniForConditionalGeneration.from_components(config, llm=sources.get("llm"), whisper=sources.get("whisper"))
     tokenizer = load_tokenizer(sources["llm"]) if "llm" in sources else character_tokenizer()
     audio = sorted((corpus / "train" / "audio").glob("*.wav"))
-    residual = kmeans_codebooks(model.eval(), audio, seed=plan.seed)
     stage0 = work / "stage0"
-    with building_folder(stage0, replace=True) as staging:
-        save_model_folder(model, tokenizer, staging, {"stage": "0-audio-tokenizer", "residual_energy": residual})
+    made = {"stage": "0-audio-tokenizer", "clips": len(audio), "corpus": made_with, "preset": plan.preset}
+    if _reusable(stage0, made):
+        log("stage 0: reusing the codebooks of an earlier run (the same corpus)")
+        residual = json.loads((stage0 / "training.json").read_text(encoding="utf-8"))["residual_energy"]
+    else:
+        residual = kmeans_codebooks(model.eval(), audio, seed=plan.seed)
+        with building_folder(stage0, replace=True) as staging:
+            save_model_folder(model, tokenizer, staging, made | {"residual_energy": residual})
     record["stages"].append({"stage": "0-audio-tokenizer", "clips": len(audio), "residual_energy": residual})
     del model
 
@@ -271,7 +282,6 @@ def build_demo_model(
         log(f"stage {stage.name}: {stage.steps} steps ...")
         stage_started = time.monotonic()
         run_dir = work / "runs" / stage.name
-        shutil.rmtree(run_dir, ignore_errors=True)
         cfg = RecipeConfig(
             recipe="omni",
             stage=stage.name,
@@ -290,9 +300,13 @@ def build_demo_model(
             run=RunConfig(output_dir=str(run_dir), log_every=5, seed=plan.seed),
             lora=LoraConfig(rank=16, alpha=32, dropout=0.0, merge=False) if stage.lora else None,
         )
-        final = recipe_main(cfg)
-        if final is None:
-            raise RuntimeError(f"stage {stage.name} ended without a model folder")
+        final = run_dir / "final"
+        if _stage_done(final, stage, base):
+            log(f"stage {stage.name}: reusing the run in {run_dir} (the same stage on the same base)")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if recipe_main(cfg) is None:
+                raise RuntimeError(f"stage {stage.name} ended without a model folder")
         summary = json.loads((final / "training.json").read_text(encoding="utf-8"))
         record["stages"].append(
             {
@@ -305,51 +319,98 @@ def build_demo_model(
                 "train_conversations": summary["data"]["train_conversations"],
                 "final_train_loss": summary["final_train_loss"],
                 "final_validation_loss": summary["final_validation_loss"],
-                "minutes": round((time.monotonic() - stage_started) / 60, 1),
+                "minutes": round(_stage_minutes(run_dir, time.monotonic() - stage_started), 1),
             }
         )
         if stage.lora:
             adapter = run_dir / "adapter"
         base = final
 
-    log("packaging the trained parts ...")
-    trained = OmniForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
-    prefixes = TRAINED_PREFIXES if "llm" in components else (*TRAINED_PREFIXES, "llm.")
+    # everything below is written into a staging folder that becomes ``out`` in one rename at the
+    # end: a build that stops half-way never replaces a working model, nor is it served
     with building_folder(out, replace=True) as staging:
+        log("packaging the trained parts ...")
+        trained = OmniForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+        prefixes = TRAINED_PREFIXES if "llm" in components else (*TRAINED_PREFIXES, "llm.")
         weight_bytes = save_trained_parts(trained, staging, prefixes=prefixes, components=components, adapter=adapter)
         if "llm" not in components:  # no packaged LLM: its tokenizer goes with the model
             load_tokenizer(base).save_pretrained(str(staging))
-    record["weights_megabytes"] = round(weight_bytes / 2**20, 1)
-    record["build_minutes_training"] = round((time.monotonic() - started) / 60, 1)
-    _check_packaged(out, trained, adapter, cache_dir, record)
-    del trained
+        record["weights_megabytes"] = round(weight_bytes / 2**20, 1)
+        record["build_minutes_training"] = round((time.monotonic() - started) / 60, 1)
+        _check_packaged(staging, trained, adapter, cache_dir, corpus, record)
+        del trained
 
-    if plan.asr_steps:
-        log(f"speech recognizer: Whisper tiny.en's decoder layers, {plan.asr_steps} steps ...")
-        record["recognizer"] = adapt_recognizer(out, corpus, work, plan, cache_dir)
+        if plan.asr_steps:
+            log(f"speech recognizer: Whisper tiny.en's top decoder layers, {plan.asr_steps} steps ...")
+            record["recognizer"] = adapt_recognizer(staging, corpus, work, plan, cache_dir)
 
-    log("evaluating on the held-out split ...")
-    from training.benchmarks import run as run_benchmark
+        from training.benchmarks import run as run_benchmark
+        from training.benchmarks import spoken_paths
 
-    metrics = run_benchmark(out, "phantoms", corpus / "test", work / "eval", limit=plan.eval_limit, cache_dir=cache_dir)
-    record["metrics"] = metrics
-    record["build_minutes"] = round((time.monotonic() - started) / 60, 1)
-    record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    write_records(out, record)
+        log("choosing how spoken questions reach the model, on the validation split ...")
+        record["spoken_input_choice"] = spoken_paths(staging, corpus / "validation", cache_dir, limit=plan.choice_limit)
+        record["spoken_input"] = spoken_input(record["spoken_input_choice"])
+
+        log("evaluating on the held-out test split ...")
+        metrics = run_benchmark(
+            staging, "phantoms", corpus / "test", work / "eval", limit=plan.eval_limit, cache_dir=cache_dir
+        )
+        record["metrics"] = metrics
+        record["build_minutes"] = round((time.monotonic() - started) / 60, 1)
+        record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+        write_records(staging, record)
     return record
+
+
+def _reusable(folder: Path, made: dict[str, Any]) -> bool:
+    """Was ``folder`` (a model folder with ``training.json``) made exactly as ``made`` says?"""
+    try:
+        saved = json.loads((folder / "training.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return all(saved.get(key) == value for key, value in made.items()) and any(folder.glob("*.safetensors"))
+
+
+def _stage_done(final: Path, stage: StagePlan, base: Path) -> bool:
+    """A finished run of this stage, with these steps and data, on this base: an interrupted build
+    picks up after its last finished stage."""
+    try:
+        summary = json.loads((final / "training.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    sources = [Path(source["file"]).stem for source in summary.get("data", {}).get("sources", [])]
+    return (
+        summary.get("stage") == stage.name
+        and summary.get("steps") == stage.steps
+        and summary.get("base") == str(base)
+        and sources == list(stage.sources)
+        and (final / "model.safetensors").is_file()
+    )
+
+
+def _stage_minutes(run_dir: Path, fallback_s: float) -> float:
+    """How long the stage trained: from its run record to its final folder (a reused stage's own
+    time, not the reuse's)."""
+    try:
+        return ((run_dir / "final" / "training.json").stat().st_mtime - (run_dir / "run.json").stat().st_mtime) / 60
+    except OSError:
+        return fallback_s / 60
 
 
 def adapt_recognizer(out: Path, corpus: Path, work: Path, plan: DemoPlan, cache_dir: Path) -> dict[str, Any]:
     """Whisper tiny.en's top two decoder layers fine-tuned on the training split's spoken questions
-    (the training issue's ASR recipe, the rest frozen so that the change ships small), measured through
-    faster-whisper against tiny.en on the test split's spoken questions, whose sentences no training
-    text holds. Kept in ``out/recognizer`` only when it measured better."""
+    (the training issue's ASR recipe, the rest frozen so that the change ships small). It is chosen on
+    the validation split (new recordings of the training phrasings): kept in ``out/recognizer`` only
+    when its word error rate there is lower than tiny.en's. Both are then measured, through
+    faster-whisper, on the test split's spoken questions, whose sentences no training text holds."""
+    from omni_core.speech.asr import resolve_model
     from omni_core.trained_parts import save_recognizer_delta
     from training.config import AsrConfig
+    from training.recipes.asr import dictation_pairs, served_wer
     from training.recipes.asr import recipe_main as asr_recipe
 
-    held_out = work / "data" / "asr_held_out.jsonl"
-    write_conversations(held_out, repeat_conversations(corpus / "test"))
+    held_out = work / "data" / "asr_validation.jsonl"
+    write_conversations(held_out, repeat_conversations(corpus / "validation"))
     run_dir = work / "runs" / "asr"
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = RecipeConfig(
@@ -371,38 +432,48 @@ def adapt_recognizer(out: Path, corpus: Path, work: Path, plan: DemoPlan, cache_
     if final is None:
         raise RuntimeError("the recognizer's stage ended without a model")
     report = json.loads((final / "asr_report.json").read_text(encoding="utf-8"))
+    test = dictation_pairs(repeat_conversations(corpus / "test"))
     result = {
         "steps": report["steps"],
         "train_pairs": report["train_pairs"],
-        "held_out_pairs": report["held_out_pairs"],
-        "wer_tiny_en": round(report["wer_before"], 4),
-        "wer_adapted": round(report["wer_after"], 4),
+        "validation_pairs": report["held_out_pairs"],
+        "validation_wer_tiny_en": round(report["wer_before"], 4),
+        "validation_wer_adapted": round(report["wer_after"], 4),
+        "held_out_pairs": len(test),
+        "wer_tiny_en": round(served_wer(resolve_model("tiny.en", cache_dir), test), 4) if test else None,
+        "wer_adapted": round(served_wer(final / "ct2", test), 4) if test else None,
         "minutes": round((time.monotonic() - started) / 60, 1),
     }
-    result["used"] = result["wer_adapted"] < result["wer_tiny_en"]
+    result["used"] = result["validation_wer_adapted"] < result["validation_wer_tiny_en"]
     if result["used"]:
         result["megabytes"] = round(save_recognizer_delta(final / "hf", out, result, cache_dir) / 2**20, 1)
     return result
 
 
-def spoken_input(metrics: dict[str, Any]) -> str:
-    """How the app gives the model a spoken question: as audio when hearing it measured at least as
-    well as reading the recognizer's transcript, else as the transcript."""
-    heard, read = metrics.get("spoken_closed_accuracy"), metrics.get("transcribed_closed_accuracy")
-    return "audio" if heard is not None and read is not None and heard >= read else "transcript"
+def spoken_input(measured: dict[str, Any]) -> str:
+    """How the app gives the model a spoken question: as audio only when hearing it measured better
+    than reading the recognizer's transcript (the text the clinician sees and the audit records),
+    else as the transcript."""
+    heard, read = measured.get("spoken_closed_accuracy"), measured.get("transcribed_closed_accuracy")
+    return "audio" if heard is not None and read is not None and heard > read else "transcript"
 
 
 def write_records(out: Path, record: dict[str, Any]) -> None:
     """The serving record, training record, metrics and model card of a built folder."""
     metrics = record.get("metrics", {})
+    import hashlib
+
+    from omni_core.trained_parts import PARTS_WEIGHTS
+
+    digest = hashlib.sha256((out / PARTS_WEIGHTS).read_bytes()).hexdigest()[:12]
     serving = {
         "name": f"omniclinic-demo ({record['plan']['preset']}, phantoms)",
-        "version": str(record.get("finished", ""))[:10],
+        "version": f"{str(record.get('finished', ''))[:10]}+{digest}",  # the weights' digest tells builds apart
         "untrained_parts": list(UNTRAINED),
         "caution": CAUTION,
-        "spoken_input": spoken_input(metrics),
+        "spoken_input": record.get("spoken_input", "transcript"),
+        "spoken_caution": SPOKEN_CAUTION,
     }
-    record["spoken_input"] = serving["spoken_input"]
     (out / SERVING_RECORD).write_text(json.dumps(serving, indent=2) + "\n", encoding="utf-8")
     (out / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     (out / METRICS).write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
@@ -410,19 +481,27 @@ def write_records(out: Path, record: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def _check_packaged(out: Path, trained: Any, adapter: Path | None, cache_dir: Path, record: dict[str, Any]) -> None:
+def _check_packaged(
+    out: Path, trained: Any, adapter: Path | None, cache_dir: Path, corpus: Path, record: dict[str, Any]
+) -> None:
     """The packaged folder, loaded as serving loads it, must give the trained model's logits (float16
-    storage of the trained parts aside): a component that changed, or a part left out, fails here."""
+    storage of the trained parts aside) on a validation conversation with a study and a spoken
+    question, so every trained part runs: a component that changed, or a part left out, fails here."""
     from omni_core.lora import load_lora, merge_lora
+    from omni_core.processing_omni import OmniProcessor
     from omni_core.trained_parts import load_model_folder
+    from training.data import MediaReader
 
     if adapter is not None:
         load_lora(trained, adapter)
         merge_lora(trained)
-    packaged, _ = load_model_folder(out, cache_dir)
-    ids = torch.arange(3, 40)[None] % trained.config.text.vocab_size
-    expected = trained.eval()(input_ids=ids).logits
-    got = packaged(input_ids=ids).logits
+    packaged, tokenizer = load_model_folder(out, cache_dir)
+    spoken = [c for c in load_conversations(corpus / "validation" / "conversations.jsonl") if _kind(c) == "spoken"]
+    if not spoken:
+        raise RuntimeError("the validation split holds no spoken question to check the packaged model with")
+    inputs = OmniProcessor(trained.config, tokenizer)(MediaReader(trained.config).messages(spoken[0]))
+    expected = trained.eval()(input_ids=inputs.input_ids, **inputs.model_kwargs()).logits
+    got = packaged(input_ids=inputs.input_ids, **inputs.model_kwargs()).logits
     difference = float((expected - got).abs().max())
     record["packaged_max_logit_difference"] = round(difference, 5)
     if difference > 0.05 * float(expected.abs().max()):
@@ -454,9 +533,11 @@ def model_card(record: dict[str, Any]) -> str:
         "  radiographs, a quarter stored with reversed column order, with nodules and masses (side, lobe,",
         "  diameter in mm, density in HU), pleural effusions, pneumothoraces, and normal studies.",
         f"- Studies per split: {corpus['studies']}; questions: {corpus['questions']}.",
-        f"- Spoken questions: {plan['spoken_fraction']:.0%} of closed questions also spoken by espeak-ng",
-        "  (six voices, rate, pitch, noise at 15-35 dB SNR).",
-        "- The test split is held out: never trained on or tuned on, and asked in phrasings training never uses.",
+        f"- Spoken questions: {plan['spoken_fraction']:.0%} of closed questions also spoken, a third by Piper's",
+        "  en_US joe voice at varied paces, the rest by espeak-ng (six voices, rates, pitches), over noise at",
+        "  15-35 dB SNR.",
+        "- The test split is held out: never trained on, and asked in phrasings training never uses. Choices",
+        "  (keeping the adapted recognizer, hearing or reading spoken questions) are made on the validation split.",
         "",
         "## Stages",
         "| stage | trained | data | steps | lr | final train loss | validation loss | minutes |",
@@ -511,13 +592,23 @@ def model_card(record: dict[str, Any]) -> str:
         "- Chest phantoms only (CT and radiographs): no abdomen, head, MR or ultrasound, no real anatomy.",
         "- Closed answers are short words; reports follow one template.",
         "- Spoken questions: both paths are measured above, the model hearing the audio through its own audio",
-        "  tokenizer (`spoken_closed_accuracy`) and reading Whisper tiny.en's transcript",
-        f"  (`transcribed_closed_accuracy`). The app uses the better: **{record.get('spoken_input', 'transcript')}**.",
-        "  The clinician always sees the recognizer's transcript.",
+        "  tokenizer (`spoken_closed_accuracy`) and reading the app's recognizer's transcript",
+        "  (`transcribed_closed_accuracy`). On the validation split the app's choice was:",
+        f"  **{record.get('spoken_input', 'transcript')}** ({_choice(record.get('spoken_input_choice', {}))}).",
+        "  The clinician always sees the recognizer's transcript, and the audit records which the model got.",
+        "- The findings F1 counts (finding, side) pairs; lobe, size and density are not scored.",
+        "- The slab MIP that thins a CT series hides what is darker than its slab (air): pneumothorax is",
+        "  seen where it spans the slab.",
         "- Its own speech output is untrained.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _choice(measured: dict[str, Any]) -> str:
+    heard, read = measured.get("spoken_closed_accuracy"), measured.get("transcribed_closed_accuracy")
+    count = measured.get("spoken_questions", 0)
+    return f"heard {_num(heard)} vs read {_num(read)} on {count} spoken questions"
 
 
 def _num(value: object) -> str:

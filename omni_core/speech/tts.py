@@ -131,6 +131,11 @@ def piper_voice_files() -> tuple[Path, Path] | None:
     return (model, config) if model.is_file() and config.is_file() else None
 
 
+def piper_installed() -> bool:
+    """Are Piper and its bundled voice both installed (checked without importing Piper)?"""
+    return piper_voice_files() is not None and importlib.util.find_spec("piper") is not None
+
+
 def load_synthesizer(engine: Engine = "auto", *, deterministic: bool = False) -> Synthesizer:
     """Piper when asked for or available ("auto"), else espeak-ng.
 
@@ -138,8 +143,8 @@ def load_synthesizer(engine: Engine = "auto", *, deterministic: bool = False) ->
         SynthesisError: the engine asked for is not installed, or none is.
     """
     if engine in ("auto", "piper"):
-        voice = piper_voice_files()
-        if voice is not None and importlib.util.find_spec("piper") is not None:
+        voice = piper_voice_files() if piper_installed() else None
+        if voice is not None:
             return PiperSynthesizer(*voice, deterministic=deterministic)
         if engine == "piper":
             raise SynthesisError("Piper or its voice is not installed: pip install 'omniclinic[piper]' (GPL-3.0)")

@@ -264,18 +264,83 @@ class QuestionAnswer:
 
 
 TRAINING_PHRASINGS: dict[str, tuple[str, ...]] = {
-    "modality": ("What imaging modality is this?", "Which modality was used?"),
-    "body_part": ("Which body part is shown?", "What part of the body is imaged?"),
-    "presence_lesion": ("Is there a lung nodule or mass?", "Do you see a pulmonary nodule or mass?"),
-    "presence_effusion": ("Is there a pleural effusion?", "Do you see pleural fluid?"),
-    "presence_pneumothorax": ("Is there a pneumothorax?", "Do you see a pneumothorax?"),
-    "side": ("On which side is the {finding}?", "Which side is the {finding} on?"),
-    "count": ("How many lung nodules or masses are there?", "Count the lung lesions."),
-    "size_class": ("Is the lesion a nodule or a mass?", "Nodule or mass?"),
-    "findings": ("Describe the findings.", "What do you see?"),
+    # several ways of asking each thing, so that the model learns the question, not one sentence
+    "modality": (
+        "What imaging modality is this?",
+        "Which modality was used?",
+        "What kind of scan is this?",
+        "Is this a CT or a radiograph?",
+        "What type of imaging study is this?",
+        "Which imaging technique produced these images?",
+        "Name the modality.",
+    ),
+    "body_part": (
+        "Which body part is shown?",
+        "What part of the body is imaged?",
+        "Which anatomy is this?",
+        "What body area is in this study?",
+        "Which part of the patient was scanned?",
+        "Name the body part.",
+    ),
+    "presence_lesion": (
+        "Is there a lung nodule or mass?",
+        "Do you see a pulmonary nodule or mass?",
+        "Are there any lung nodules or masses?",
+        "Is a pulmonary mass or nodule present?",
+        "Does either lung contain a nodule or a mass?",
+        "Can you find a lesion in the lungs?",
+    ),
+    "presence_effusion": (
+        "Is there a pleural effusion?",
+        "Do you see pleural fluid?",
+        "Is an effusion present?",
+        "Does the patient have a pleural effusion?",
+        "Is there fluid around a lung?",
+        "Can you see an effusion?",
+    ),
+    "presence_pneumothorax": (
+        "Is there a pneumothorax?",
+        "Do you see a pneumothorax?",
+        "Is a pneumothorax present?",
+        "Is there air in the pleural cavity?",
+        "Does the patient have a pneumothorax?",
+        "Can you see a pneumothorax?",
+    ),
+    "side": (
+        "On which side is the {finding}?",
+        "Which side is the {finding} on?",
+        "Is the {finding} right-sided or left-sided?",
+        "Which lung has the {finding}?",
+        "What side is the {finding}?",
+        "Tell me the side of the {finding}.",
+    ),
+    "count": (
+        "How many lung nodules or masses are there?",
+        "Count the lung lesions.",
+        "How many lesions are in the lungs?",
+        "How many nodules or masses do you see?",
+        "Give the count of lung nodules and masses.",
+        "How many pulmonary lesions are present?",
+    ),
+    "size_class": (
+        "Is the lesion a nodule or a mass?",
+        "Nodule or mass?",
+        "Is it a nodule or a mass?",
+        "Is this lesion a mass or a nodule?",
+        "Classify the lesion: nodule or mass?",
+        "Is the lung lesion small enough to be a nodule, or is it a mass?",
+    ),
+    "findings": (
+        "Describe the findings.",
+        "What do you see?",
+        "What are the findings?",
+        "Describe this study.",
+        "Tell me what the images show.",
+        "List the findings.",
+    ),
 }
 HELD_OUT_PHRASINGS: dict[str, tuple[str, ...]] = {
-    # words the training and validation splits never use: the held-out test asks in these
+    # phrasings the training and validation splits never use: the held-out test asks in these
     "modality": ("How was this image acquired?",),
     "body_part": ("What region does this cover?",),
     "presence_lesion": ("Any focal lung lesion?",),

@@ -9,12 +9,16 @@ typed and spoken, and reference reports. The stages follow Baichuan-Omni-1.5 at 
 0. audio tokenizer: the residual VQ codebooks set by k-means on the Whisper encoder's pooled features
    of the corpus's speech, layer by layer on the residuals (the initialisation EnCodec and SoundStream
    use; the paper goes on to train its tokenizer with reconstruction losses, which this budget skips);
-1. image-text: the vision encoder and projector learn to describe studies to the frozen LLM
-   (typed questions and reports);
+1a. vision pretraining: the paper starts from a pretrained vision encoder, which does not install
+   offline, so the encoder and merger are pretrained here on the training studies' ground truth
+   (``training.vision_pretrain``);
+1. image-text: the projector learns to carry the pretrained encoder's tokens to the frozen LLM
+   (typed questions and reports), as the paper's first image-text stage trains the projector alone;
 2. audio-text: the audio embedding learns to carry speech to the frozen LLM (each spoken question
    repeated as text, and answered);
-3. omni SFT: LoRA adapters on the LLM with the vision encoder, projector and audio embedding, on every
-   kind of conversation (typed and spoken questions, reports, repetition).
+3. omni SFT: LoRA adapters on the LLM with the projector and audio embedding, on every kind of
+   conversation (typed and spoken questions, reports, repetition); the pretrained encoder stays as
+   stage 1a left it.
 
 The speech head and flow decoder are not trained here (the app speaks with Piper or espeak-ng), and
 say so in the folder's serving record. The result is a trained-parts folder (``omni_core.trained_parts``)
@@ -78,17 +82,19 @@ class DemoPlan:
     """Conversations packed per row (segment-masked): about five questions."""
     validation_conversations: int = 48
     eval_limit: int | None = None
+    vision_steps: int = 1000
+    """Stage 1a: steps of supervised vision pretraining (batches of 16 studies)."""
     asr_steps: int = 80
-    choice_limit: int | None = 120
-    """Spoken validation questions asked both ways to choose how the app gives spoken questions to the model."""
     """Steps of Whisper tiny.en's decoder layers on the training split's spoken questions (batches of 8)."""
+    choice_limit: int | None = 80
+    """Spoken validation questions asked both ways to choose how the app gives spoken questions to the model."""
     stages: list[StagePlan] = field(
         default_factory=lambda: [
             StagePlan(
                 "1-image-text",
-                "Image-text alignment: the vision encoder and projector learn to describe studies to the frozen LLM.",
-                ("vision", "projector"),
-                steps=360,
+                "Image-text alignment: the projector carries the pretrained vision encoder's tokens to the frozen LLM.",
+                ("projector",),
+                steps=240,
                 lr=1e-3,
                 sources=("typed", "report"),
             ),
@@ -102,9 +108,9 @@ class DemoPlan:
             ),
             StagePlan(
                 "3-omni-sft",
-                "Omni SFT: LoRA on the LLM with vision, projector and audio embedding, on every kind of conversation.",
-                ("vision", "projector", "audio_embedding"),
-                steps=720,
+                "Omni SFT: LoRA on the LLM with the projector and audio embedding, on every kind of conversation.",
+                ("projector", "audio_embedding"),
+                steps=600,
                 lr=5e-4,
                 sources=("typed", "spoken", "report", "repeat"),
                 lora=True,
@@ -119,6 +125,7 @@ class DemoPlan:
         for stage in plan.stages:
             stage.steps = 2
         plan.eval_limit = 6
+        plan.vision_steps = 2
         plan.asr_steps = 2
         plan.choice_limit = 4
         return plan
@@ -186,8 +193,10 @@ def kmeans_codebooks(model: Any, audio_files: list[Path], *, seed: int, iteratio
     config = tokenizer.config
     features = []
     for start in range(0, len(audio_files), 16):
+        window = config.max_audio_seconds * config.sampling_rate  # a longer clip's start, as the tokenizer takes
         mels = [
-            torch.from_numpy(log_mel(decode_audio(path).samples, config)) for path in audio_files[start : start + 16]
+            torch.from_numpy(log_mel(decode_audio(path).samples[:window], config))
+            for path in audio_files[start : start + 16]
         ]
         batch, frames = pad_mels(mels)
         pooled, mask = tokenizer.pooled(batch, frames)
@@ -276,7 +285,7 @@ def build_demo_model(
     record["stages"].append({"stage": "0-audio-tokenizer", "clips": len(audio), "residual_energy": residual})
     del model
 
-    base = stage0
+    base = pretrain_vision_stage(corpus, stage0, work / "stage1a", made_with, tokenizer, plan, record, log)
     adapter = None
     for stage in plan.stages:
         log(f"stage {stage.name}: {stage.steps} steps ...")
@@ -360,6 +369,40 @@ def build_demo_model(
         record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
         write_records(staging, record)
     return record
+
+
+def pretrain_vision_stage(
+    corpus: Path,
+    base: Path,
+    folder: Path,
+    corpus_made: dict[str, Any],
+    tokenizer: Any,
+    plan: DemoPlan,
+    record: dict[str, Any],
+    log: Callable[[str], None],
+) -> Path:
+    """Stage 1a: ``base``'s vision encoder and merger pretrained on the training split's ground truth
+    (``training.vision_pretrain``), saved in ``folder`` (reused when made the same way); returns it."""
+    from omni_core import OmniForConditionalGeneration
+    from omni_core.model_cache import building_folder
+    from training.models import save_model_folder
+    from training.vision_pretrain import load_studies, pretrain_vision
+
+    made = {"stage": "1a-vision-pretraining", "steps": plan.vision_steps, "corpus": corpus_made, "base": str(base)}
+    if _reusable(folder, made):
+        log("stage 1a: reusing the pretrained vision encoder of an earlier run")
+        result = json.loads((folder / "training.json").read_text(encoding="utf-8"))["pretraining"]
+    else:
+        log(f"stage 1a: the vision encoder pretrained on the training studies' truth, {plan.vision_steps} steps ...")
+        model = OmniForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+        train = load_studies(corpus / "train", model.config)
+        validation = load_studies(corpus / "validation", model.config)
+        result = pretrain_vision(model.vision, train, validation, steps=plan.vision_steps, seed=plan.seed, log=log)
+        with building_folder(folder, replace=True) as staging:
+            save_model_folder(model, tokenizer, staging, made | {"pretraining": result})
+        del model
+    record["stages"].append({"stage": "1a-vision-pretraining", **result})
+    return folder
 
 
 def _reusable(folder: Path, made: dict[str, Any]) -> bool:
@@ -520,7 +563,8 @@ def model_card(record: dict[str, Any]) -> str:
         "",
         "## What it is",
         f"- Architecture: `{plan['preset']}` (Baichuan-Omni-1.5's layout at small scale): a NaViT-style vision",
-        "  encoder (6 layers, width 256, thick-slab MIP over series), SmolLM2-135M-Instruct as the LLM (frozen,",
+        "  encoder (6 layers, width 256, thick-slab MIP over series; pretrained here on the training studies'",
+        "  ground truth, as no pretrained encoder installs offline), SmolLM2-135M-Instruct as the LLM (frozen,",
         "  LoRA rank 16 on its attention), Whisper tiny.en's encoder with a 4-layer residual VQ at 12.5 Hz",
         "  as the audio tokenizer. The speech head and flow decoder are untrained: the app speaks with Piper",
         "  or espeak-ng.",
@@ -544,6 +588,14 @@ def model_card(record: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for stage in record["stages"]:
+        if stage["stage"].startswith("1a"):
+            heads = ", ".join(f"{name} {value:.2f}" for name, value in stage["validation_accuracy"].items())
+            lines.append(
+                f"| 1a-vision-pretraining | vision encoder, merger (probe heads on {stage['train_studies']} studies;"
+                f" validation accuracy: {heads}) | ground truth | {stage['steps']} | {stage['lr']:g}"
+                f" | {_num(stage['final_train_loss'])} | — | {stage['minutes']} |"
+            )
+            continue
         if stage["stage"].startswith("0"):
             energy = ", ".join(f"{v:.2f}" for v in stage["residual_energy"].values())
             trained = f"RVQ codebooks (k-means on {stage['clips']} clips; residual energy by layer {energy})"

@@ -26,6 +26,7 @@ def test_the_quick_build_runs_every_stage_and_writes_a_loadable_model_with_its_c
     record = json.loads((folder / "training.json").read_text())
     assert [stage["stage"] for stage in record["stages"]] == [
         "0-audio-tokenizer",
+        "1a-vision-pretraining",
         "1-image-text",
         "2-audio-text",
         "3-omni-sft",

@@ -302,14 +302,12 @@ TRAINING_PHRASINGS: dict[str, tuple[str, ...]] = {
         "Is there a pneumothorax?",
         "Do you see a pneumothorax?",
         "Is a pneumothorax present?",
-        "Is there air in the pleural cavity?",
         "Does the patient have a pneumothorax?",
         "Can you see a pneumothorax?",
     ),
     "side": (
         "On which side is the {finding}?",
         "Which side is the {finding} on?",
-        "Is the {finding} right-sided or left-sided?",
         "Which lung has the {finding}?",
         "What side is the {finding}?",
         "Tell me the side of the {finding}.",
@@ -317,7 +315,7 @@ TRAINING_PHRASINGS: dict[str, tuple[str, ...]] = {
     "count": (
         "How many lung nodules or masses are there?",
         "Count the lung lesions.",
-        "How many lesions are in the lungs?",
+        "How many nodules or masses are in the lungs?",
         "How many nodules or masses do you see?",
         "Give the count of lung nodules and masses.",
         "How many pulmonary lesions are present?",
@@ -335,7 +333,7 @@ TRAINING_PHRASINGS: dict[str, tuple[str, ...]] = {
         "What do you see?",
         "What are the findings?",
         "Describe this study.",
-        "Tell me what the images show.",
+        "Report the findings.",
         "List the findings.",
     ),
 }

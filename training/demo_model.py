@@ -27,6 +27,7 @@ with a model card; ``omniclinic eval`` on the held-out split measures it, and th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -39,6 +40,7 @@ from typing import Any
 
 import torch
 
+from medical_data.phantoms import HELD_OUT_PHRASINGS, TRAINING_PHRASINGS
 from omni_core.prompts import SYSTEM_PROMPT
 from training.config import DataConfig, DataSource, LoraConfig, ModelConfig, OptimConfig, RecipeConfig, RunConfig
 from training.conversations import ContentPart, Conversation, Turn, load_conversations, write_conversations
@@ -47,6 +49,8 @@ MODEL_CARD = "MODEL_CARD.md"
 SERVING_RECORD = "serving.json"
 TRAINING_RECORD = "training.json"
 METRICS = "metrics-phantoms.json"
+STAGE_KEY = "stage.json"
+"""Beside a stage's run: what it was made from (``_stage_key``), so a later build knows whether to reuse it."""
 REPEAT_REQUEST = "Repeat what was said."
 TRAINED_PREFIXES = ("vision.", "audio_tokenizer.rvq.", "audio_embedding.")
 UNTRAINED = ("audio_head", "speech_decoder")
@@ -192,8 +196,8 @@ def kmeans_codebooks(model: Any, audio_files: list[Path], *, seed: int, iteratio
     tokenizer = model.audio_tokenizer
     config = tokenizer.config
     features = []
+    window = config.max_audio_seconds * config.sampling_rate  # a longer clip counts by its first window
     for start in range(0, len(audio_files), 16):
-        window = config.max_audio_seconds * config.sampling_rate  # a longer clip's start, as the tokenizer takes
         mels = [
             torch.from_numpy(log_mel(decode_audio(path).samples[:window], config))
             for path in audio_files[start : start + 16]
@@ -252,10 +256,15 @@ def build_demo_model(
     work.mkdir(parents=True, exist_ok=True)
 
     corpus = work / "corpus"
-    made_with = {"studies": plan.studies, "seed": plan.seed, "spoken_fraction": plan.spoken_fraction}
+    made_with = {
+        "studies": plan.studies,
+        "seed": plan.seed,
+        "spoken_fraction": plan.spoken_fraction,
+        "phrasings": _digest(json.dumps([TRAINING_PHRASINGS, HELD_OUT_PHRASINGS]).encode()),
+    }
     marker = corpus / "corpus.json"
     if marker.is_file() and json.loads(marker.read_text(encoding="utf-8"))["made_with"] == made_with:
-        log(f"corpus: reusing {corpus} (the same studies, seed and spoken fraction)")
+        log(f"corpus: reusing {corpus} (the same studies, seed, spoken fraction and phrasings)")
         record["corpus"] = json.loads(marker.read_text(encoding="utf-8"))["counts"]
     else:
         log(f"corpus: {plan.studies} phantom studies (seed {plan.seed}) ...")
@@ -274,7 +283,13 @@ def build_demo_model(
     tokenizer = load_tokenizer(sources["llm"]) if "llm" in sources else character_tokenizer()
     audio = sorted((corpus / "train" / "audio").glob("*.wav"))
     stage0 = work / "stage0"
-    made = {"stage": "0-audio-tokenizer", "clips": len(audio), "corpus": made_with, "preset": plan.preset}
+    made = {
+        "stage": "0-audio-tokenizer",
+        "clips": len(audio),
+        "corpus": made_with,
+        "preset": plan.preset,
+        "window_s": config.audio.max_audio_seconds,
+    }
     if _reusable(stage0, made):
         log("stage 0: reusing the codebooks of an earlier run (the same corpus)")
         residual = json.loads((stage0 / "training.json").read_text(encoding="utf-8"))["residual_energy"]
@@ -310,12 +325,13 @@ def build_demo_model(
             lora=LoraConfig(rank=16, alpha=32, dropout=0.0, merge=False) if stage.lora else None,
         )
         final = run_dir / "final"
-        if _stage_done(final, stage, base):
+        if _stage_done(run_dir, stage, base, plan):
             log(f"stage {stage.name}: reusing the run in {run_dir} (the same stage on the same base)")
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
             if recipe_main(cfg) is None:
                 raise RuntimeError(f"stage {stage.name} ended without a model folder")
+            (run_dir / STAGE_KEY).write_text(json.dumps(_stage_key(stage, base, plan)) + "\n", encoding="utf-8")
         summary = json.loads((final / "training.json").read_text(encoding="utf-8"))
         record["stages"].append(
             {
@@ -388,7 +404,17 @@ def pretrain_vision_stage(
     from training.models import save_model_folder
     from training.vision_pretrain import load_studies, pretrain_vision
 
-    made = {"stage": "1a-vision-pretraining", "steps": plan.vision_steps, "corpus": corpus_made, "base": str(base)}
+    if plan.vision_steps < 1:
+        return base
+    made = {
+        "stage": "1a-vision-pretraining",
+        "steps": plan.vision_steps,
+        "corpus": corpus_made,
+        "base": str(base),
+        "base_record": _record_digest(base),
+        "preset": plan.preset,
+        "seed": plan.seed,
+    }
     if _reusable(folder, made):
         log("stage 1a: reusing the pretrained vision encoder of an earlier run")
         result = json.loads((folder / "training.json").read_text(encoding="utf-8"))["pretraining"]
@@ -414,21 +440,38 @@ def _reusable(folder: Path, made: dict[str, Any]) -> bool:
     return all(saved.get(key) == value for key, value in made.items()) and any(folder.glob("*.safetensors"))
 
 
-def _stage_done(final: Path, stage: StagePlan, base: Path) -> bool:
-    """A finished run of this stage, with these steps and data, on this base: an interrupted build
-    picks up after its last finished stage."""
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _record_digest(folder: Path) -> str | None:
+    """The digest of a stage folder's ``training.json``: a stage made again changes it, so every
+    stage keyed on it is made again too."""
     try:
-        summary = json.loads((final / "training.json").read_text(encoding="utf-8"))
+        return _digest((folder / "training.json").read_bytes())
+    except OSError:
+        return None
+
+
+def _stage_key(stage: StagePlan, base: Path, plan: DemoPlan) -> dict[str, Any]:
+    """What a stage's run depends on: its plan, the packing and seed, and the exact base it started from."""
+    return asdict(stage) | {
+        "base": str(base),
+        "base_record": _record_digest(base),
+        "max_tokens": plan.max_tokens,
+        "seed": plan.seed,
+        "validation_conversations": plan.validation_conversations,
+    }
+
+
+def _stage_done(run_dir: Path, stage: StagePlan, base: Path, plan: DemoPlan) -> bool:
+    """A finished run of this stage, with this plan, on this very base: an interrupted build picks up
+    after its last finished stage, and a stage made again makes every later stage again."""
+    try:
+        key = json.loads((run_dir / STAGE_KEY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    sources = [Path(source["file"]).stem for source in summary.get("data", {}).get("sources", [])]
-    return (
-        summary.get("stage") == stage.name
-        and summary.get("steps") == stage.steps
-        and summary.get("base") == str(base)
-        and sources == list(stage.sources)
-        and (final / "model.safetensors").is_file()
-    )
+    return key == _stage_key(stage, base, plan) and (run_dir / "final" / "model.safetensors").is_file()
 
 
 def _stage_minutes(run_dir: Path, fallback_s: float) -> float:
@@ -504,8 +547,6 @@ def spoken_input(measured: dict[str, Any]) -> str:
 def write_records(out: Path, record: dict[str, Any]) -> None:
     """The serving record, training record, metrics and model card of a built folder."""
     metrics = record.get("metrics", {})
-    import hashlib
-
     from omni_core.trained_parts import PARTS_WEIGHTS
 
     digest = hashlib.sha256((out / PARTS_WEIGHTS).read_bytes()).hexdigest()[:12]
@@ -589,7 +630,8 @@ def model_card(record: dict[str, Any]) -> str:
     ]
     for stage in record["stages"]:
         if stage["stage"].startswith("1a"):
-            heads = ", ".join(f"{name} {value:.2f}" for name, value in stage["validation_accuracy"].items())
+            accuracy = stage["validation_accuracy"] or {}
+            heads = ", ".join(f"{name} {value:.2f}" for name, value in accuracy.items()) or "no validation studies"
             lines.append(
                 f"| 1a-vision-pretraining | vision encoder, merger (probe heads on {stage['train_studies']} studies;"
                 f" validation accuracy: {heads}) | ground truth | {stage['steps']} | {stage['lr']:g}"

@@ -8,10 +8,11 @@ encoders are pretrained on labelled images: supervised, on what each training st
 ``ground_truth.json`` says (modality, lesion count, lesions on each side, the side of an effusion and
 of a pneumothorax, the largest lesion's size class).
 
-The heads read the tokens the LLM will read (after the merger) through attention pooling that knows
-nothing of a token's position, so whatever a head learns (the side of a finding among them) has to be
-carried in the tokens themselves. The heads are dropped afterwards; the encoder and merger go on to
-stage 1. Only the training split's truth is used; the validation split measures the heads.
+The heads read the merger's output tokens (what the LLM reads; stage 1 goes on to train the merger as
+the projector) through attention pooling that knows nothing of a token's position, so whatever a head
+learns (the side of a finding among them) has to be carried in the tokens themselves. The heads are
+dropped afterwards; the encoder and merger go on to stage 1. Only the training split's truth is used;
+the validation split measures the heads.
 This is the project's own code because no installed package pretrains a Qwen2-VL tower on DICOM
 phantoms' labels; the training loop is plain PyTorch, the encoder is transformers'.
 """
@@ -95,7 +96,9 @@ def load_studies(split_dir: Path, config: Any) -> list[Encoded]:
 
     reader = MediaReader(config)
     processor = OmniProcessor(config, character_tokenizer())
-    studies = []
+    studies: list[Encoded] = []
+    if not (split_dir / "studies").is_dir():  # a small corpus may leave a split empty
+        return studies
     for folder in sorted(p for p in (split_dir / "studies").iterdir() if p.is_dir()):
         truth = json.loads((folder / "ground_truth.json").read_text(encoding="utf-8"))
         series = folder / "series"
@@ -105,14 +108,14 @@ def load_studies(split_dir: Path, config: Any) -> list[Encoded]:
             else reader._part("image", str(folder / truth["files"][0]))
         )
         patches, grid = processor._image(image.value)
-        studies.append(Encoded(patches, grid, study_labels(truth)))
+        studies.append(Encoded(patches.half(), grid, study_labels(truth)))  # float16 halves the held split
     return studies
 
 
 def _batch_loss(
     vision: nn.Module, heads: ProbeHeads, batch: Sequence[Encoded]
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    patches = torch.cat([study.patches for study in batch])
+    patches = torch.cat([study.patches for study in batch]).float()
     grid = torch.tensor([study.grid for study in batch])
     tokens = vision(patches, grid).float()
     logits = heads(torch.split(tokens, vision.tokens_per_item(grid)))
@@ -126,8 +129,10 @@ def _batch_loss(
 @torch.no_grad()
 def head_accuracy(
     vision: nn.Module, heads: ProbeHeads, studies: Sequence[Encoded], batch_size: int = 32
-) -> dict[str, float]:
-    """Each head's accuracy on ``studies``."""
+) -> dict[str, float] | None:
+    """Each head's accuracy on ``studies`` (None for none)."""
+    if not studies:
+        return None
     correct = dict.fromkeys(TARGETS, 0)
     for start in range(0, len(studies), batch_size):
         batch = studies[start : start + batch_size]
@@ -135,7 +140,7 @@ def head_accuracy(
         for name, target_logits in zip(TARGETS, logits, strict=True):
             truth = torch.tensor([study.labels[name] for study in batch])
             correct[name] += int((target_logits.argmax(-1) == truth).sum())
-    return {name: round(count / max(len(studies), 1), 4) for name, count in correct.items()}
+    return {name: round(count / len(studies), 4) for name, count in correct.items()}
 
 
 def pretrain_vision(
@@ -152,9 +157,11 @@ def pretrain_vision(
     """Train ``vision`` (encoder and merger) with the probe heads; returns losses and head accuracies."""
     if not train:
         raise ValueError("no training studies to pretrain the vision encoder on")
+    if steps < 1:
+        raise ValueError("vision pretraining needs at least one step")
     torch.manual_seed(seed)
     order = random.Random(seed)
-    width = vision.tower.merger.mlp[-1].out_features
+    width = vision.tower.config.hidden_size  # the merger's output: the LLM's width
     heads = ProbeHeads(width)
     parameters = list(vision.parameters()) + list(heads.parameters())
     for parameter in parameters:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -127,8 +129,13 @@ def test_answers_come_from_the_ground_truth_and_held_out_questions_use_other_wor
         reference_report,
     )
 
-    assert not set(HELD_OUT_PHRASINGS.values()) & set(TRAINING_PHRASINGS.values())
-    assert all(not set(HELD_OUT_PHRASINGS[k]) & set(TRAINING_PHRASINGS[k]) for k in TRAINING_PHRASINGS)
+    def words(phrasing: str) -> set[str]:
+        return set(re.findall(r"[a-z{}]+", phrasing.lower()))
+
+    for kind, held_out_phrasings in HELD_OUT_PHRASINGS.items():  # not the same sentence, nor a near-copy
+        for trained, held in itertools.product(TRAINING_PHRASINGS[kind], held_out_phrasings):
+            shared = len(words(trained) & words(held)) / len(words(trained) | words(held))
+            assert shared <= 0.6, (trained, held)
     findings = ChestFindings((CALCIFIED,), pneumothorax="right")
     truth = GroundTruth("CT", "CHEST", "1.2.3", findings)
     for held_out in (False, True):

@@ -598,7 +598,7 @@ def model_card(record: dict[str, Any]) -> str:
     lines = [
         "# omniclinic demo model (demo-cpu, trained on synthetic phantoms)",
         "",
-        "**Not for clinical use.** A demonstration model trained in about an hour on two CPU cores, on",
+        "**Not for clinical use.** A demonstration model trained in about 90 minutes on two CPU cores, on",
         "synthetic chest phantoms only. It has never seen a real patient's study; on real studies its",
         "answers are not findings. A qualified clinician must read every study.",
         "",

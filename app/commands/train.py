@@ -305,8 +305,8 @@ def demo_model_build(
     ] = False,
 ) -> None:
     """Train the default model on this machine: the phantom corpus, the paper's stages at small scale
-    (audio codebooks, image-text, audio-text, omni SFT with LoRA), a trained-parts folder with a model
-    card and its held-out figures. About an hour on 2 CPU cores."""
+    (audio codebooks, vision pretraining, image-text, audio-text, omni SFT with LoRA), a trained-parts
+    folder with a model card and its held-out figures. About 90 minutes on 2 CPU cores."""
     import json
 
     from app.commands.common import current_settings

@@ -273,6 +273,9 @@ TRAINING_PHRASINGS: dict[str, tuple[str, ...]] = {
         "What type of imaging study is this?",
         "Which imaging technique produced these images?",
         "Name the modality.",
+        "Was this done with CT or with plain X-ray?",
+        "Tell me the imaging method.",
+        "What scanner made these pictures?",
     ),
     "body_part": (
         "Which body part is shown?",
@@ -304,6 +307,8 @@ TRAINING_PHRASINGS: dict[str, tuple[str, ...]] = {
         "Is a pneumothorax present?",
         "Does the patient have a pneumothorax?",
         "Can you see a pneumothorax?",
+        "Has a lung collapsed?",
+        "Is there air outside the lung?",
     ),
     "side": (
         "On which side is the {finding}?",
@@ -311,6 +316,8 @@ TRAINING_PHRASINGS: dict[str, tuple[str, ...]] = {
         "Which lung has the {finding}?",
         "What side is the {finding}?",
         "Tell me the side of the {finding}.",
+        "Does the {finding} lie on the right or on the left?",
+        "Left or right: which side has the {finding}?",
     ),
     "count": (
         "How many lung nodules or masses are there?",

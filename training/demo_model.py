@@ -72,7 +72,9 @@ class StagePlan:
     steps: int
     lr: float
     sources: tuple[str, ...]
-    """Conversation kinds mixed in: typed, spoken, report, repeat."""
+    """Conversation kinds mixed in: study, typed, spoken, report, repeat."""
+    weights: tuple[float, ...] = ()
+    """Each source's share of the mixture, by conversation count (``training.data.mix``); equal when empty."""
     lora: bool = False
 
 
@@ -90,6 +92,8 @@ class DemoPlan:
     """Stage 1a: steps of supervised vision pretraining (batches of 16 studies)."""
     asr_steps: int = 80
     """Steps of Whisper tiny.en's decoder layers on the training split's spoken questions (batches of 8)."""
+    asr_validation_pairs: int | None = 150
+    """Validation recordings (a seeded sample) on which the adapted recognizer is kept or not."""
     choice_limit: int | None = 80
     """Spoken validation questions asked both ways to choose how the app gives spoken questions to the model."""
     stages: list[StagePlan] = field(
@@ -98,15 +102,16 @@ class DemoPlan:
                 "1-image-text",
                 "Image-text alignment: the projector carries the pretrained vision encoder's tokens to the frozen LLM.",
                 ("projector",),
-                steps=240,
+                steps=200,
                 lr=1e-3,
-                sources=("typed", "report"),
+                sources=("study", "report"),
+                weights=(3.0, 1.0),
             ),
             StagePlan(
                 "2-audio-text",
                 "Audio-text alignment: the audio embedding carries speech to the frozen LLM.",
                 ("audio_embedding",),
-                steps=160,
+                steps=120,
                 lr=2e-3,
                 sources=("repeat", "spoken"),
             ),
@@ -114,9 +119,10 @@ class DemoPlan:
                 "3-omni-sft",
                 "Omni SFT: LoRA on the LLM with the projector and audio embedding, on every kind of conversation.",
                 ("projector", "audio_embedding"),
-                steps=600,
+                steps=500,
                 lr=5e-4,
-                sources=("typed", "spoken", "report", "repeat"),
+                sources=("study", "typed", "spoken", "report", "repeat"),
+                weights=(3.0, 1.0, 1.5, 1.0, 1.0),
                 lora=True,
             ),
         ]
@@ -164,6 +170,32 @@ def repeat_conversations(split_dir: Path) -> list[Conversation]:
     return conversations
 
 
+def study_conversations(typed: list[Conversation], *, seed: int) -> list[Conversation]:
+    """Each study's typed questions asked one after another in one conversation, in a shuffled order.
+
+    The study's tokens are then read once for all its answers: a step holds several times the closed
+    answers it would with one conversation per question (a question is about 115 tokens, its study and
+    system turn 95 of them, its answer 2). The order is shuffled so that every kind of question comes
+    first in some studies, as a single question does when the model is asked."""
+    rng = random.Random(seed)
+    by_study: dict[str, list[Conversation]] = {}
+    for conversation in typed:
+        by_study.setdefault(conversation.group or conversation.id, []).append(conversation)
+    studies = []
+    for study, asked in by_study.items():
+        asked = list(asked)
+        rng.shuffle(asked)
+        turns = list(asked[0].turns)  # system, user (the study and a question), assistant
+        for conversation in asked[1:]:
+            for turn in conversation.turns:
+                if turn.role == "user":  # the question without the study, which the first turn shows
+                    turns.append(Turn("user", tuple(part for part in turn.parts if part.kind == "text")))
+                elif turn.role == "assistant":
+                    turns.append(turn)
+        studies.append(Conversation(turns=tuple(turns), id=f"{study}-study", group=study))
+    return studies
+
+
 def stage_data(corpus: Path, data_dir: Path, plan: DemoPlan) -> tuple[dict[str, Path], Path]:
     """One conversations file per kind (train split) and a small validation file."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -171,6 +203,7 @@ def stage_data(corpus: Path, data_dir: Path, plan: DemoPlan) -> tuple[dict[str, 
     for conversation in load_conversations(corpus / "train" / "conversations.jsonl"):
         by_kind[_kind(conversation)].append(conversation)
     by_kind["repeat"] = repeat_conversations(corpus / "train")
+    by_kind["study"] = study_conversations(by_kind["typed"], seed=plan.seed)
     files = {}
     for kind, conversations in by_kind.items():
         files[kind] = data_dir / f"{kind}.jsonl"
@@ -314,7 +347,10 @@ def build_demo_model(
             losses=["text"],
             model=ModelConfig(preset=plan.preset, base=str(base)),
             data=DataConfig(
-                train=[DataSource(str(files[kind])) for kind in stage.sources],
+                train=[
+                    DataSource(str(files[kind]), weight)
+                    for kind, weight in zip(stage.sources, stage.weights or (1.0,) * len(stage.sources), strict=True)
+                ],
                 validation=str(validation_file),
                 max_tokens=plan.max_tokens,
                 pack=True,
@@ -339,6 +375,7 @@ def build_demo_model(
                 "description": stage.description,
                 "trainable": list(stage.trainable) + (["llm (LoRA r16)"] if stage.lora else []),
                 "data": list(stage.sources),
+                "weights": list(stage.weights),
                 "steps": stage.steps,
                 "lr": stage.lr,
                 "train_conversations": summary["data"]["train_conversations"],
@@ -496,7 +533,9 @@ def adapt_recognizer(out: Path, corpus: Path, work: Path, plan: DemoPlan, cache_
     from training.recipes.asr import recipe_main as asr_recipe
 
     held_out = work / "data" / "asr_validation.jsonl"
-    write_conversations(held_out, repeat_conversations(corpus / "validation"))
+    validation = repeat_conversations(corpus / "validation")
+    random.Random(plan.seed).shuffle(validation)
+    write_conversations(held_out, validation[: plan.asr_validation_pairs])
     run_dir = work / "runs" / "asr"
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = RecipeConfig(

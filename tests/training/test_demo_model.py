@@ -67,3 +67,37 @@ def test_kmeans_codebooks_take_up_the_speech_features_layer_by_layer(tmp_path: P
     assert len(energies) == len(model.audio_tokenizer.rvq.layers)
     assert energies[0] < 0.5 and all(b <= a + 1e-6 for a, b in itertools.pairwise(energies))
     assert not torch.equal(before, model.audio_tokenizer.rvq.layers[0]._codebook.embed)
+
+
+def test_study_conversations_ask_all_of_a_studys_questions_after_one_look_at_it() -> None:
+    from training.conversations import ContentPart, Conversation, Turn
+    from training.demo_model import study_conversations
+
+    questions = {"Is there a pleural effusion?": "yes", "Which side is it on?": "left", "How many nodules?": "0"}
+    typed = [
+        Conversation(
+            turns=(
+                Turn("system", (ContentPart("text", "system"),)),
+                Turn("user", (ContentPart("series", f"/corpus/s{study}/series"), ContentPart("text", question))),
+                Turn("assistant", (ContentPart("text", f"{answer} ({study})"),)),
+            ),
+            id=f"s{study}-q{number}",
+            group=f"s{study}",
+        )
+        for study in range(12)
+        for number, (question, answer) in enumerate(questions.items())
+    ]
+    studies = study_conversations(typed, seed=0)
+    assert [c.group for c in studies] == [f"s{study}" for study in range(12)]
+    firsts = set()
+    for study, conversation in enumerate(studies):
+        roles = [turn.role for turn in conversation.turns]
+        assert roles == ["system"] + ["user", "assistant"] * len(questions)
+        media = [part for turn in conversation.turns for part in turn.parts if part.kind == "series"]
+        assert media == [ContentPart("series", f"/corpus/s{study}/series")]
+        assert conversation.turns[1].parts[0] == media[0]  # the study comes before the first question
+        pairs = zip(conversation.turns[1::2], conversation.turns[2::2], strict=True)
+        asked = [(user.parts[-1].value, answer.parts[0].value) for user, answer in pairs]
+        assert sorted(asked) == sorted((q, f"{a} ({study})") for q, a in questions.items())  # each with its answer
+        firsts.add(asked[0][0])
+    assert firsts == set(questions)  # each kind of question comes first in some study

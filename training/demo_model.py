@@ -588,7 +588,7 @@ def write_records(out: Path, record: dict[str, Any]) -> None:
     metrics = record.get("metrics", {})
     from omni_core.trained_parts import PARTS_WEIGHTS
 
-    digest = hashlib.sha256((out / PARTS_WEIGHTS).read_bytes()).hexdigest()[:12]
+    digest = _digest((out / PARTS_WEIGHTS).read_bytes())[:12]
     serving = {
         "name": f"omniclinic-demo ({record['plan']['preset']}, phantoms)",
         "version": f"{str(record.get('finished', ''))[:10]}+{digest}",  # the weights' digest tells builds apart
@@ -637,7 +637,7 @@ def model_card(record: dict[str, Any]) -> str:
     lines = [
         "# omniclinic demo model (demo-cpu, trained on synthetic phantoms)",
         "",
-        "**Not for clinical use.** A demonstration model trained in about 90 minutes on two CPU cores, on",
+        "**Not for clinical use.** A demonstration model trained on two CPU cores (build times below), on",
         "synthetic chest phantoms only. It has never seen a real patient's study; on real studies its",
         "answers are not findings. A qualified clinician must read every study.",
         "",
@@ -660,6 +660,10 @@ def model_card(record: dict[str, Any]) -> str:
         f"- Spoken questions: {plan['spoken_fraction']:.0%} of closed questions also spoken, a third by Piper's",
         "  en_US joe voice at varied paces, the rest by espeak-ng (six voices, rates, pitches), over noise at",
         "  15-35 dB SNR.",
+        "- Training conversations: each typed question alone, and each study's typed questions asked one after",
+        "  another in one conversation (`study`: the study is read once for all of them, in a shuffled order);",
+        "  reports; spoken questions; spoken questions to repeat as text (`repeat`). The stage table gives each",
+        "  stage's mixture as shares by conversation count.",
         "- The test split is held out: never trained on, and asked in phrasings training never uses. Choices",
         "  (keeping the adapted recognizer, hearing or reading spoken questions) are made on the validation split.",
         "",
@@ -683,7 +687,7 @@ def model_card(record: dict[str, Any]) -> str:
             lines.append(f"| 0-audio-tokenizer | {trained} | spoken questions | — | — | — | — | — |")
             continue
         lines.append(
-            f"| {stage['stage']} | {', '.join(stage['trainable'])} | {', '.join(stage['data'])} | {stage['steps']} "
+            f"| {stage['stage']} | {', '.join(stage['trainable'])} | {_mixture(stage)} | {stage['steps']} "
             f"| {stage['lr']:g} | {_num(stage['final_train_loss'])} | {_num(stage['final_validation_loss'])} "
             f"| {stage['minutes']} |"
         )
@@ -754,6 +758,14 @@ def _aims_met(metrics: dict[str, Any]) -> dict[str, bool]:
         "findings F1": get("report_findings_f1") >= 0.85,
         "invented findings": get("invented_findings_rate") <= 0.05,
     }
+
+
+def _mixture(stage: dict[str, Any]) -> str:
+    """A stage's sources with their shares of the mixture ("study 3, report 1"), or plainly when equal."""
+    weights = stage.get("weights") or []
+    if not weights:
+        return ", ".join(stage["data"])
+    return ", ".join(f"{kind} {weight:g}" for kind, weight in zip(stage["data"], weights, strict=True))
 
 
 def _choice(measured: dict[str, Any]) -> str:

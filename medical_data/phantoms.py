@@ -307,8 +307,6 @@ TRAINING_PHRASINGS: dict[str, tuple[str, ...]] = {
         "Is a pneumothorax present?",
         "Does the patient have a pneumothorax?",
         "Can you see a pneumothorax?",
-        "Has a lung collapsed?",
-        "Is there air outside the lung?",
     ),
     "side": (
         "On which side is the {finding}?",
@@ -316,8 +314,6 @@ TRAINING_PHRASINGS: dict[str, tuple[str, ...]] = {
         "Which lung has the {finding}?",
         "What side is the {finding}?",
         "Tell me the side of the {finding}.",
-        "Does the {finding} lie on the right or on the left?",
-        "Left or right: which side has the {finding}?",
     ),
     "count": (
         "How many lung nodules or masses are there?",
@@ -328,9 +324,8 @@ TRAINING_PHRASINGS: dict[str, tuple[str, ...]] = {
         "How many pulmonary lesions are present?",
     ),
     "size_class": (
-        "Is the lesion a nodule or a mass?",
         "Nodule or mass?",
-        "Is it a nodule or a mass?",
+        "Nodule or mass: which is this lesion?",
         "Is this lesion a mass or a nodule?",
         "Classify the lesion: nodule or mass?",
         "Is the lung lesion small enough to be a nodule, or is it a mass?",

@@ -13,12 +13,13 @@ typed and spoken, and reference reports. The stages follow Baichuan-Omni-1.5 at 
    offline, so the encoder and merger are pretrained here on the training studies' ground truth
    (``training.vision_pretrain``);
 1. image-text: the projector learns to carry the pretrained encoder's tokens to the frozen LLM
-   (typed questions and reports), as the paper's first image-text stage trains the projector alone;
+   (study conversations, ``study_conversations``, and reports), as the paper's first image-text stage
+   trains the projector alone;
 2. audio-text: the audio embedding learns to carry speech to the frozen LLM (each spoken question
    repeated as text, and answered);
 3. omni SFT: LoRA adapters on the LLM with the projector and audio embedding, on every kind of
-   conversation (typed and spoken questions, reports, repetition); the pretrained encoder stays as
-   stage 1a left it.
+   conversation (study conversations, typed and spoken questions, reports, repetition); the pretrained
+   encoder stays as stage 1a left it.
 
 The speech head and flow decoder are not trained here (the app speaks with Piper or espeak-ng), and
 say so in the folder's serving record. The result is a trained-parts folder (``omni_core.trained_parts``)
@@ -77,6 +78,10 @@ class StagePlan:
     """Each source's share of the mixture, by conversation count (``training.data.mix``); equal when empty."""
     lora: bool = False
 
+    def __post_init__(self) -> None:
+        if self.weights and (len(self.weights) != len(self.sources) or min(self.weights) <= 0):
+            raise ValueError(f"stage {self.name}: one weight > 0 for each source, or none")
+
 
 @dataclass
 class DemoPlan:
@@ -85,7 +90,7 @@ class DemoPlan:
     spoken_fraction: float = 0.35
     preset: str = "demo-cpu"
     max_tokens: int = 640
-    """Conversations packed per row (segment-masked): about five questions."""
+    """Conversations packed per row (segment-masked): about five single questions, or two studies' conversations."""
     validation_conversations: int = 48
     eval_limit: int | None = None
     vision_steps: int = 1000
@@ -170,21 +175,35 @@ def repeat_conversations(split_dir: Path) -> list[Conversation]:
     return conversations
 
 
-def study_conversations(typed: list[Conversation], *, seed: int) -> list[Conversation]:
-    """Each study's typed questions asked one after another in one conversation, in a shuffled order.
+STUDY_LEAVES_OUT = ("findings",)
+"""Question kinds kept out of study conversations: the open "findings" answer states every closed one."""
+STUDY_ASKS_LAST = ("side", "size_class")
+"""Question kinds a study conversation asks after the others: they are asked only of a study with the
+finding (its side, its size class), so asked first they would give the presence answers away."""
+
+
+def study_conversations(typed: list[Conversation], kinds: dict[str, str], *, seed: int) -> list[Conversation]:
+    """Each study's closed typed questions asked one after another in one conversation.
 
     The study's tokens are then read once for all its answers: a step holds several times the closed
-    answers it would with one conversation per question (a question is about 115 tokens, its study and
-    system turn 95 of them, its answer 2). The order is shuffled so that every kind of question comes
-    first in some studies, as a single question does when the model is asked."""
+    answers it would with one conversation per question (a question alone is about 115 tokens, the
+    study and system turn 95 of them, its answer 2). The order is shuffled, so that most kinds of
+    question come first in some studies, as a single question does when the model is asked; an answer
+    that would give later ones away is not there to copy (``STUDY_LEAVES_OUT``, ``STUDY_ASKS_LAST``).
+    ``kinds`` maps a conversation's id to its question's kind (the corpus's ``questions.jsonl``); a
+    study is one group with one image or series, and a group holding two is refused."""
     rng = random.Random(seed)
     by_study: dict[str, list[Conversation]] = {}
     for conversation in typed:
-        by_study.setdefault(conversation.group or conversation.id, []).append(conversation)
+        if kinds.get(conversation.id, "") not in STUDY_LEAVES_OUT:
+            by_study.setdefault(conversation.group or conversation.id, []).append(conversation)
     studies = []
     for study, asked in by_study.items():
+        if len({_media(conversation) for conversation in asked}) != 1:
+            raise ValueError(f"the questions of group {study!r} are about more than one image or series")
         asked = list(asked)
         rng.shuffle(asked)
+        asked.sort(key=lambda conversation: kinds.get(conversation.id, "") in STUDY_ASKS_LAST)  # stable
         turns = list(asked[0].turns)  # system, user (the study and a question), assistant
         for conversation in asked[1:]:
             for turn in conversation.turns:
@@ -196,6 +215,10 @@ def study_conversations(typed: list[Conversation], *, seed: int) -> list[Convers
     return studies
 
 
+def _media(conversation: Conversation) -> tuple[ContentPart, ...]:
+    return tuple(part for turn in conversation.turns for part in turn.parts if part.kind in ("image", "series"))
+
+
 def stage_data(corpus: Path, data_dir: Path, plan: DemoPlan) -> tuple[dict[str, Path], Path]:
     """One conversations file per kind (train split) and a small validation file."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +226,9 @@ def stage_data(corpus: Path, data_dir: Path, plan: DemoPlan) -> tuple[dict[str, 
     for conversation in load_conversations(corpus / "train" / "conversations.jsonl"):
         by_kind[_kind(conversation)].append(conversation)
     by_kind["repeat"] = repeat_conversations(corpus / "train")
-    by_kind["study"] = study_conversations(by_kind["typed"], seed=plan.seed)
+    questions = (corpus / "train" / "questions.jsonl").read_text(encoding="utf-8").splitlines()
+    kinds = {record["conversation"]: record["kind"] for record in map(json.loads, questions)}
+    by_kind["study"] = study_conversations(by_kind["typed"], kinds, seed=plan.seed)
     files = {}
     for kind, conversations in by_kind.items():
         files[kind] = data_dir / f"{kind}.jsonl"
@@ -361,13 +386,14 @@ def build_demo_model(
             lora=LoraConfig(rank=16, alpha=32, dropout=0.0, merge=False) if stage.lora else None,
         )
         final = run_dir / "final"
-        if _stage_done(run_dir, stage, base, plan):
+        read = {kind: files[kind] for kind in stage.sources} | {"validation": validation_file}
+        if _stage_done(run_dir, stage, base, plan, read):
             log(f"stage {stage.name}: reusing the run in {run_dir} (the same stage on the same base)")
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
             if recipe_main(cfg) is None:
                 raise RuntimeError(f"stage {stage.name} ended without a model folder")
-            (run_dir / STAGE_KEY).write_text(json.dumps(_stage_key(stage, base, plan)) + "\n", encoding="utf-8")
+            (run_dir / STAGE_KEY).write_text(json.dumps(_stage_key(stage, base, plan, read)) + "\n", encoding="utf-8")
         summary = json.loads((final / "training.json").read_text(encoding="utf-8"))
         record["stages"].append(
             {
@@ -490,9 +516,11 @@ def _record_digest(folder: Path) -> str | None:
         return None
 
 
-def _stage_key(stage: StagePlan, base: Path, plan: DemoPlan) -> dict[str, Any]:
-    """What a stage's run depends on: its plan, the packing and seed, and the exact base it started from."""
+def _stage_key(stage: StagePlan, base: Path, plan: DemoPlan, data: dict[str, Path]) -> dict[str, Any]:
+    """What a stage's run depends on: its plan, the packing and seed, the exact base it started from, and
+    the very conversations it read (``data``: each source's file and the validation file)."""
     return asdict(stage) | {
+        "data_digests": {name: _digest(path.read_bytes()) for name, path in sorted(data.items())},
         "base": str(base),
         "base_record": _record_digest(base),
         "max_tokens": plan.max_tokens,
@@ -501,14 +529,14 @@ def _stage_key(stage: StagePlan, base: Path, plan: DemoPlan) -> dict[str, Any]:
     }
 
 
-def _stage_done(run_dir: Path, stage: StagePlan, base: Path, plan: DemoPlan) -> bool:
+def _stage_done(run_dir: Path, stage: StagePlan, base: Path, plan: DemoPlan, data: dict[str, Path]) -> bool:
     """A finished run of this stage, with this plan, on this very base: an interrupted build picks up
     after its last finished stage, and a stage made again makes every later stage again."""
     try:
         key = json.loads((run_dir / STAGE_KEY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return key == _stage_key(stage, base, plan) and (run_dir / "final" / "model.safetensors").is_file()
+    return key == _stage_key(stage, base, plan, data) and (run_dir / "final" / "model.safetensors").is_file()
 
 
 def _stage_minutes(run_dir: Path, fallback_s: float) -> float:
@@ -663,7 +691,7 @@ def model_card(record: dict[str, Any]) -> str:
         "- Training conversations: each typed question alone, and each study's typed questions asked one after",
         "  another in one conversation (`study`: the study is read once for all of them, in a shuffled order);",
         "  reports; spoken questions; spoken questions to repeat as text (`repeat`). The stage table gives each",
-        "  stage's mixture as shares by conversation count.",
+        "  stage's mixture as weights by conversation count (a study conversation holds about seven answers).",
         "- The test split is held out: never trained on, and asked in phrasings training never uses. Choices",
         "  (keeping the adapted recognizer, hearing or reading spoken questions) are made on the validation split.",
         "",
@@ -702,7 +730,9 @@ def model_card(record: dict[str, Any]) -> str:
             "",
             f"Speech recognition on the test split's {recognizer['held_out_pairs']} spoken questions (sentences in no"
             f" training text), through faster-whisper: word error rate {recognizer['wer_tiny_en']:.1%} with tiny.en,"
-            f" {recognizer['wer_adapted']:.1%} adapted ({verdict}).",
+            f" {recognizer['wer_adapted']:.1%} adapted ({verdict}; chosen on {recognizer['validation_pairs']}"
+            f" validation recordings: {recognizer['validation_wer_tiny_en']:.1%} against"
+            f" {recognizer['validation_wer_adapted']:.1%}).",
         ]
     lines += [
         "",

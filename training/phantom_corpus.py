@@ -6,7 +6,8 @@
 - ``SPLIT/conversations.jsonl``: the training format (``training.conversations``), one conversation
   per question and one per report (the drafting prompt answered with the reference report);
 - ``SPLIT/questions.jsonl``: what evaluation asks, one line per question: the study, the question,
-  the answer, its kind, whether it is closed, and whether the study is stored reversed;
+  the answer, its kind, whether it is closed, whether the study is stored reversed, and the id of the
+  question's typed conversation;
 - ``SPLIT/audio/``: with ``spoken_fraction``, closed questions also asked aloud (Piper at varied paces,
   espeak-ng voices, rates and pitches, noise), as a spoken conversation (the model hears the audio)
   and a ``questions.jsonl`` ``audio`` field.
@@ -98,7 +99,7 @@ def build_corpus(
         pairs = question_answers(truth, rng, held_out=split == "test")
         for number, pair in enumerate(pairs):
             conversations[split].append(_conversation(f"{group}-q{number}", group, media, pair.question, pair.answer))
-            record = _question_record(folder, out / split, truth, pair, number)
+            record = _question_record(folder, out / split, truth, pair, number) | {"conversation": f"{group}-q{number}"}
             if pair.closed and rng.random() < spoken_fraction:  # the question asked aloud as well
                 audio = out / split / "audio" / f"{folder.name}-q{number}.wav"
                 speak_question(pair.question, audio, rng)

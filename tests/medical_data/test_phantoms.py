@@ -132,10 +132,15 @@ def test_answers_come_from_the_ground_truth_and_held_out_questions_use_other_wor
     def words(phrasing: str) -> set[str]:
         return set(re.findall(r"[a-z{}]+", phrasing.lower()))
 
+    def runs(phrasing: str) -> set[tuple[str, ...]]:  # every four words in a row
+        sequence = re.findall(r"[a-z{}]+", phrasing.lower())
+        return {tuple(sequence[start : start + 4]) for start in range(len(sequence) - 3)}
+
     for kind, held_out_phrasings in HELD_OUT_PHRASINGS.items():  # not the same sentence, nor a near-copy
         for trained, held in itertools.product(TRAINING_PHRASINGS[kind], held_out_phrasings):
             shared = len(words(trained) & words(held)) / len(words(trained) | words(held))
             assert shared <= 0.6, (trained, held)
+            assert not runs(trained) & runs(held), (trained, held)  # nor the held-out sentence's words in order
     findings = ChestFindings((CALCIFIED,), pneumothorax="right")
     truth = GroundTruth("CT", "CHEST", "1.2.3", findings)
     for held_out in (False, True):

@@ -6,6 +6,7 @@ import itertools
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -69,35 +70,50 @@ def test_kmeans_codebooks_take_up_the_speech_features_layer_by_layer(tmp_path: P
     assert not torch.equal(before, model.audio_tokenizer.rvq.layers[0]._codebook.embed)
 
 
-def test_study_conversations_ask_all_of_a_studys_questions_after_one_look_at_it() -> None:
+def test_study_conversations_ask_a_studys_questions_after_one_look_and_give_no_answer_away() -> None:
     from training.conversations import ContentPart, Conversation, Turn
     from training.demo_model import study_conversations
 
-    questions = {"Is there a pleural effusion?": "yes", "Which side is it on?": "left", "How many nodules?": "0"}
-    typed = [
-        Conversation(
-            turns=(
-                Turn("system", (ContentPart("text", "system"),)),
-                Turn("user", (ContentPart("series", f"/corpus/s{study}/series"), ContentPart("text", question))),
-                Turn("assistant", (ContentPart("text", f"{answer} ({study})"),)),
-            ),
-            id=f"s{study}-q{number}",
-            group=f"s{study}",
-        )
-        for study in range(12)
-        for number, (question, answer) in enumerate(questions.items())
-    ]
-    studies = study_conversations(typed, seed=0)
+    questions = {  # question: (kind, answer)
+        "Is there a pleural effusion?": ("presence_effusion", "yes"),
+        "How many nodules?": ("count", "0"),
+        "What modality?": ("modality", "CT"),
+        "Which side is the effusion on?": ("side", "left"),
+        "Describe the findings.": ("findings", "Left pleural effusion."),
+    }
+    typed, kinds = [], {}
+    for study in range(12):
+        for number, (question, (kind, answer)) in enumerate(questions.items()):
+            media = (
+                ContentPart("series", f"/corpus/s{study}/series") if study % 2 else ContentPart("image", f"/s{study}")
+            )
+            typed.append(
+                Conversation(
+                    turns=(
+                        Turn("system", (ContentPart("text", "system"),)),
+                        Turn("user", (media, ContentPart("text", question))),
+                        Turn("assistant", (ContentPart("text", f"{answer} ({study})"),)),
+                    ),
+                    id=f"s{study}-q{number}",
+                    group=f"s{study}",
+                )
+            )
+            kinds[f"s{study}-q{number}"] = kind
+    studies = study_conversations(typed, kinds, seed=0)
     assert [c.group for c in studies] == [f"s{study}" for study in range(12)]
+    closed = {q: a for q, (kind, a) in questions.items() if kind != "findings"}  # the open answer states them all
     firsts = set()
     for study, conversation in enumerate(studies):
         roles = [turn.role for turn in conversation.turns]
-        assert roles == ["system"] + ["user", "assistant"] * len(questions)
-        media = [part for turn in conversation.turns for part in turn.parts if part.kind == "series"]
-        assert media == [ContentPart("series", f"/corpus/s{study}/series")]
-        assert conversation.turns[1].parts[0] == media[0]  # the study comes before the first question
+        assert roles == ["system"] + ["user", "assistant"] * len(closed)
+        media = [part for turn in conversation.turns for part in turn.parts if part.kind != "text"]
+        assert len(media) == 1 and conversation.turns[1].parts[0] == media[0]  # the study, before the first question
         pairs = zip(conversation.turns[1::2], conversation.turns[2::2], strict=True)
         asked = [(user.parts[-1].value, answer.parts[0].value) for user, answer in pairs]
-        assert sorted(asked) == sorted((q, f"{a} ({study})") for q, a in questions.items())  # each with its answer
+        assert sorted(asked) == sorted((q, f"{a} ({study})") for q, a in closed.items())  # each with its answer
+        assert asked[-1][0] == "Which side is the effusion on?"  # asked only of a study with one: last
         firsts.add(asked[0][0])
-    assert firsts == set(questions)  # each kind of question comes first in some study
+    assert firsts == set(closed) - {"Which side is the effusion on?"}  # the others come first in some study
+    mixed = [typed[0], Conversation(turns=typed[6].turns, id="other", group="s0")]
+    with pytest.raises(ValueError, match="more than one image"):
+        study_conversations(mixed, kinds, seed=0)

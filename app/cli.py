@@ -60,7 +60,7 @@ def _register_commands() -> None:
     cli.command("eval")(train.evaluate_benchmark)
     cli.command()(train.train)
     cli.command()(train.retrain)
-    demo_cli = typer.Typer(name="demo-model", help="The default model: build it here (about 90 min on 2 CPU cores).")
+    demo_cli = typer.Typer(name="demo-model", help="The default model: build it here (about 80 min on 2 CPU cores).")
     demo_cli.command("build")(train.demo_model_build)
     cli.add_typer(demo_cli)
     cli.add_typer(users_cli)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import shutil
 import time
@@ -79,7 +80,9 @@ class StagePlan:
     lora: bool = False
 
     def __post_init__(self) -> None:
-        if self.weights and (len(self.weights) != len(self.sources) or min(self.weights) <= 0):
+        if self.weights and (
+            len(self.weights) != len(self.sources) or not all(w > 0 and math.isfinite(w) for w in self.weights)
+        ):
             raise ValueError(f"stage {self.name}: one weight > 0 for each source, or none")
 
 
@@ -175,11 +178,13 @@ def repeat_conversations(split_dir: Path) -> list[Conversation]:
     return conversations
 
 
-STUDY_LEAVES_OUT = ("findings",)
-"""Question kinds kept out of study conversations: the open "findings" answer states every closed one."""
-STUDY_ASKS_LAST = ("side", "size_class")
-"""Question kinds a study conversation asks after the others: they are asked only of a study with the
-finding (its side, its size class), so asked first they would give the presence answers away."""
+STUDY_LEAVES_OUT = ("findings", "presence_lesion")
+"""Question kinds kept out of study conversations: the open "findings" answer states every closed one,
+and a lesion's presence is its count's answer in other words (both are still asked alone)."""
+STUDY_ASKS_LAST = ("size_class", "side")
+"""Question kinds a study conversation asks after the others, in this order: they are asked only of a
+study with the finding, so asked first they would give the presence and count answers away, and a
+lesion's side question names it a nodule or a mass."""
 
 
 def study_conversations(typed: list[Conversation], kinds: dict[str, str], *, seed: int) -> list[Conversation]:
@@ -193,9 +198,12 @@ def study_conversations(typed: list[Conversation], kinds: dict[str, str], *, see
     ``kinds`` maps a conversation's id to its question's kind (the corpus's ``questions.jsonl``); a
     study is one group with one image or series, and a group holding two is refused."""
     rng = random.Random(seed)
+    unknown = [conversation.id for conversation in typed if conversation.id not in kinds]
+    if unknown:
+        raise ValueError(f"{len(unknown)} typed conversations have no question kind, the first {unknown[0]!r}")
     by_study: dict[str, list[Conversation]] = {}
     for conversation in typed:
-        if kinds.get(conversation.id, "") not in STUDY_LEAVES_OUT:
+        if kinds[conversation.id] not in STUDY_LEAVES_OUT:
             by_study.setdefault(conversation.group or conversation.id, []).append(conversation)
     studies = []
     for study, asked in by_study.items():
@@ -203,7 +211,7 @@ def study_conversations(typed: list[Conversation], kinds: dict[str, str], *, see
             raise ValueError(f"the questions of group {study!r} are about more than one image or series")
         asked = list(asked)
         rng.shuffle(asked)
-        asked.sort(key=lambda conversation: kinds.get(conversation.id, "") in STUDY_ASKS_LAST)  # stable
+        asked.sort(key=lambda conversation: _asked_at(kinds[conversation.id]))  # stable: shuffled within a rank
         turns = list(asked[0].turns)  # system, user (the study and a question), assistant
         for conversation in asked[1:]:
             for turn in conversation.turns:
@@ -213,6 +221,10 @@ def study_conversations(typed: list[Conversation], kinds: dict[str, str], *, see
                     turns.append(turn)
         studies.append(Conversation(turns=tuple(turns), id=f"{study}-study", group=study))
     return studies
+
+
+def _asked_at(kind: str) -> int:
+    return STUDY_ASKS_LAST.index(kind) + 1 if kind in STUDY_ASKS_LAST else 0
 
 
 def _media(conversation: Conversation) -> tuple[ContentPart, ...]:
@@ -536,7 +548,8 @@ def _stage_done(run_dir: Path, stage: StagePlan, base: Path, plan: DemoPlan, dat
         key = json.loads((run_dir / STAGE_KEY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return key == _stage_key(stage, base, plan, data) and (run_dir / "final" / "model.safetensors").is_file()
+    expected = json.loads(json.dumps(_stage_key(stage, base, plan, data)))  # as stored: tuples become lists
+    return key == expected and (run_dir / "final" / "model.safetensors").is_file()
 
 
 def _stage_minutes(run_dir: Path, fallback_s: float) -> float:
@@ -732,8 +745,8 @@ def model_card(record: dict[str, Any]) -> str:
             f"Speech recognition on the test split's {recognizer['held_out_pairs']} spoken questions (sentences in no"
             f" training text), through faster-whisper: word error rate {recognizer['wer_tiny_en']:.1%} with tiny.en,"
             f" {recognizer['wer_adapted']:.1%} adapted ({verdict}; chosen on {recognizer['validation_pairs']}"
-            f" validation recordings: {recognizer['validation_wer_tiny_en']:.1%} against"
-            f" {recognizer['validation_wer_adapted']:.1%}).",
+            f" validation recordings, new recordings of training phrasings:"
+            f" {recognizer['validation_wer_tiny_en']:.1%} against {recognizer['validation_wer_adapted']:.1%}).",
         ]
     lines += [
         "",

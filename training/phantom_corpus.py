@@ -136,7 +136,10 @@ def speak_question(text: str, target: Path, rng: np.random.Generator) -> None:
         synthesizer = EspeakSynthesizer(voice=voice, words_per_minute=words_per_minute, pitch=pitch)
     samples = speak(synthesizer, text)
     rms = float(np.sqrt(np.mean(samples**2))) or 1e-3
-    noise = rng.normal(0.0, rms / 10 ** (rng.uniform(15, 35) / 20), size=samples.shape).astype(np.float32)
+    level = rms / 10 ** (rng.uniform(15, 35) / 20)
+    # the noise from a stream of its own: a clip's length (Piper's varies from run to run) then never
+    # shifts the draws the rest of the corpus makes, so the same seed asks the same questions aloud
+    noise = np.random.default_rng(rng.integers(2**63)).normal(0.0, level, size=samples.shape).astype(np.float32)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(target, wav_bytes(samples + noise, synthesizer.sample_rate))
 

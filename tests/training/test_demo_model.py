@@ -78,8 +78,10 @@ def test_study_conversations_ask_a_studys_questions_after_one_look_and_give_no_a
         "Is there a pleural effusion?": ("presence_effusion", "yes"),
         "How many nodules?": ("count", "0"),
         "What modality?": ("modality", "CT"),
-        "Which side is the effusion on?": ("side", "left"),
-        "Describe the findings.": ("findings", "Left pleural effusion."),
+        "Which side is the mass on?": ("side", "left"),
+        "Nodule or mass?": ("size_class", "mass"),
+        "Is there a lung nodule or mass?": ("presence_lesion", "yes"),
+        "Describe the findings.": ("findings", "A 31 mm mass in the left lower lobe. Left pleural effusion."),
     }
     typed, kinds = [], {}
     for study in range(12):
@@ -101,7 +103,8 @@ def test_study_conversations_ask_a_studys_questions_after_one_look_and_give_no_a
             kinds[f"s{study}-q{number}"] = kind
     studies = study_conversations(typed, kinds, seed=0)
     assert [c.group for c in studies] == [f"s{study}" for study in range(12)]
-    closed = {q: a for q, (kind, a) in questions.items() if kind != "findings"}  # the open answer states them all
+    # the open answer states them all, and presence is the count's answer in other words
+    closed = {q: a for q, (kind, a) in questions.items() if kind not in ("findings", "presence_lesion")}
     firsts = set()
     for study, conversation in enumerate(studies):
         roles = [turn.role for turn in conversation.turns]
@@ -111,9 +114,31 @@ def test_study_conversations_ask_a_studys_questions_after_one_look_and_give_no_a
         pairs = zip(conversation.turns[1::2], conversation.turns[2::2], strict=True)
         asked = [(user.parts[-1].value, answer.parts[0].value) for user, answer in pairs]
         assert sorted(asked) == sorted((q, f"{a} ({study})") for q, a in closed.items())  # each with its answer
-        assert asked[-1][0] == "Which side is the effusion on?"  # asked only of a study with one: last
+        # asked only of a study with the finding: last, and the side (which names the mass) after the size class
+        assert [question for question, _ in asked[-2:]] == ["Nodule or mass?", "Which side is the mass on?"]
         firsts.add(asked[0][0])
-    assert firsts == set(closed) - {"Which side is the effusion on?"}  # the others come first in some study
-    mixed = [typed[0], Conversation(turns=typed[6].turns, id="other", group="s0")]
+    assert firsts == set(closed) - {"Nodule or mass?", "Which side is the mass on?"}  # the others lead in some
+    mixed = [typed[0], Conversation(turns=typed[len(questions)].turns, id="other", group="s0")]  # study 1 in s0
     with pytest.raises(ValueError, match="more than one image"):
-        study_conversations(mixed, kinds, seed=0)
+        study_conversations(mixed, kinds | {"other": "count"}, seed=0)
+    with pytest.raises(ValueError, match="no question kind"):
+        study_conversations(typed, {}, seed=0)
+
+
+def test_a_finished_stage_is_reused_only_with_the_same_conversations(tmp_path: Path) -> None:
+    from training.demo_model import STAGE_KEY, DemoPlan, _stage_done, _stage_key
+
+    plan = DemoPlan()
+    stage, base = plan.stages[0], tmp_path / "base"
+    base.mkdir()
+    (base / "training.json").write_text("{}")
+    data = {kind: tmp_path / f"{kind}.jsonl" for kind in (*stage.sources, "validation")}
+    for path in data.values():
+        path.write_text('{"id": "one"}\n')
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "model.safetensors").write_bytes(b"weights")
+    (run / STAGE_KEY).write_text(json.dumps(_stage_key(stage, base, plan, data)))
+    assert _stage_done(run, stage, base, plan, data)  # as a resumed build reads it back
+    data["study"].write_text('{"id": "two"}\n')
+    assert not _stage_done(run, stage, base, plan, data)

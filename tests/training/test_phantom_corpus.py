@@ -67,3 +67,14 @@ def test_spoken_questions_are_written_as_audio_the_model_hears(tmp_path: Path) -
     heard = [c for c in conversations if c.id.endswith("-spoken")]
     assert len(heard) == len(spoken)
     assert all(part.kind != "text" for part in heard[0].turns[1].parts)  # the question is only heard
+
+
+def test_the_same_seed_asks_the_same_questions_aloud(tmp_path: Path) -> None:
+    # Piper's voice never speaks a sentence twice the same: that must not change which questions are spoken
+    def spoken(folder: Path) -> list[str]:
+        build_corpus(folder, studies=4, seed=2, spoken_fraction=0.5)
+        lines = [line for s in SPLITS for line in (folder / s / "questions.jsonl").read_text().splitlines()]
+        return [record["id"] for record in map(json.loads, lines) if record.get("audio")]
+
+    first = spoken(tmp_path / "a")
+    assert first and first == spoken(tmp_path / "b")

@@ -770,6 +770,12 @@ def model_card(record: dict[str, Any]) -> str:
     met = _aims_met(metrics)
     missed = ", ".join(name for name, ok in met.items() if not ok) or "none"
     lines += ["", f"**Aims met: {sum(met.values())} of {len(met)}** (not met: {missed})."]
+    usual = metrics.get("side_accuracy_usual")
+    if isinstance(usual, int | float) and usual < 0.6:  # two answers: about 0.5 is a coin's
+        lines.append(
+            f"Side answers are near chance in both orientations ({usual:.2f} usual), so the reversed-orientation"
+            " aim is met only in the sense that both are equally poor."
+        )
     lines += [
         "",
         "## Limits",

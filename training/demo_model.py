@@ -207,7 +207,7 @@ def study_conversations(typed: list[Conversation], kinds: dict[str, str], *, see
             by_study.setdefault(conversation.group or conversation.id, []).append(conversation)
     studies = []
     for study, asked in by_study.items():
-        if len({_media(conversation) for conversation in asked}) != 1:
+        if len({tuple(conversation.media()) for conversation in asked}) != 1:
             raise ValueError(f"the questions of group {study!r} are about more than one image or series")
         asked = list(asked)
         rng.shuffle(asked)
@@ -225,10 +225,6 @@ def study_conversations(typed: list[Conversation], kinds: dict[str, str], *, see
 
 def _asked_at(kind: str) -> int:
     return STUDY_ASKS_LAST.index(kind) + 1 if kind in STUDY_ASKS_LAST else 0
-
-
-def _media(conversation: Conversation) -> tuple[ContentPart, ...]:
-    return tuple(part for turn in conversation.turns for part in turn.parts if part.kind in ("image", "series"))
 
 
 def stage_data(corpus: Path, data_dir: Path, plan: DemoPlan) -> tuple[dict[str, Path], Path]:
@@ -398,14 +394,16 @@ def build_demo_model(
             lora=LoraConfig(rank=16, alpha=32, dropout=0.0, merge=False) if stage.lora else None,
         )
         final = run_dir / "final"
-        read = {kind: files[kind] for kind in stage.sources} | {"validation": validation_file}
-        if _stage_done(run_dir, stage, base, plan, read):
+        key = _stage_key(
+            stage, base, plan, {kind: files[kind] for kind in stage.sources} | {"validation": validation_file}
+        )
+        if _stage_done(run_dir, key):
             log(f"stage {stage.name}: reusing the run in {run_dir} (the same stage on the same base)")
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
             if recipe_main(cfg) is None:
                 raise RuntimeError(f"stage {stage.name} ended without a model folder")
-            (run_dir / STAGE_KEY).write_text(json.dumps(_stage_key(stage, base, plan, read)) + "\n", encoding="utf-8")
+            (run_dir / STAGE_KEY).write_text(json.dumps(key) + "\n", encoding="utf-8")
         summary = json.loads((final / "training.json").read_text(encoding="utf-8"))
         record["stages"].append(
             {
@@ -530,8 +528,9 @@ def _record_digest(folder: Path) -> str | None:
 
 def _stage_key(stage: StagePlan, base: Path, plan: DemoPlan, data: dict[str, Path]) -> dict[str, Any]:
     """What a stage's run depends on: its plan, the packing and seed, the exact base it started from, and
-    the very conversations it read (``data``: each source's file and the validation file)."""
-    return asdict(stage) | {
+    the very conversations it read (``data``: each source's file and the validation file), as it is stored
+    (JSON: tuples become lists)."""
+    key = asdict(stage) | {
         "data_digests": {name: _digest(path.read_bytes()) for name, path in sorted(data.items())},
         "base": str(base),
         "base_record": _record_digest(base),
@@ -539,17 +538,18 @@ def _stage_key(stage: StagePlan, base: Path, plan: DemoPlan, data: dict[str, Pat
         "seed": plan.seed,
         "validation_conversations": plan.validation_conversations,
     }
+    return json.loads(json.dumps(key))
 
 
-def _stage_done(run_dir: Path, stage: StagePlan, base: Path, plan: DemoPlan, data: dict[str, Path]) -> bool:
-    """A finished run of this stage, with this plan, on this very base: an interrupted build picks up
-    after its last finished stage, and a stage made again makes every later stage again."""
+def _stage_done(run_dir: Path, key: dict[str, Any]) -> bool:
+    """A finished run made from ``key`` (``_stage_key``: the stage, its plan, base and data): an
+    interrupted build picks up after its last finished stage, and a stage made again makes every later
+    stage again."""
     try:
-        key = json.loads((run_dir / STAGE_KEY).read_text(encoding="utf-8"))
+        stored = json.loads((run_dir / STAGE_KEY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    expected = json.loads(json.dumps(_stage_key(stage, base, plan, data)))  # as stored: tuples become lists
-    return key == expected and (run_dir / "final" / "model.safetensors").is_file()
+    return stored == key and (run_dir / "final" / "model.safetensors").is_file()
 
 
 def _stage_minutes(run_dir: Path, fallback_s: float) -> float:

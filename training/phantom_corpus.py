@@ -98,8 +98,9 @@ def build_corpus(
         group = f"phantom-{seed}-{index:05d}"
         pairs = question_answers(truth, rng, held_out=split == "test")
         for number, pair in enumerate(pairs):
-            conversations[split].append(_conversation(f"{group}-q{number}", group, media, pair.question, pair.answer))
-            record = _question_record(folder, out / split, truth, pair, number) | {"conversation": f"{group}-q{number}"}
+            typed = f"{group}-q{number}"
+            conversations[split].append(_conversation(typed, group, media, pair.question, pair.answer))
+            record = _question_record(folder, out / split, truth, pair, number) | {"conversation": typed}
             if pair.closed and rng.random() < spoken_fraction:  # the question asked aloud as well
                 audio = out / split / "audio" / f"{folder.name}-q{number}.wav"
                 speak_question(pair.question, audio, rng)

@@ -139,6 +139,6 @@ def test_a_finished_stage_is_reused_only_with_the_same_conversations(tmp_path: P
     (run / "final").mkdir(parents=True)
     (run / "final" / "model.safetensors").write_bytes(b"weights")
     (run / STAGE_KEY).write_text(json.dumps(_stage_key(stage, base, plan, data)))
-    assert _stage_done(run, stage, base, plan, data)  # as a resumed build reads it back
+    assert _stage_done(run, _stage_key(stage, base, plan, data))  # as a resumed build reads it back
     data["study"].write_text('{"id": "two"}\n')
-    assert not _stage_done(run, stage, base, plan, data)
+    assert not _stage_done(run, _stage_key(stage, base, plan, data))

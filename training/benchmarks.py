@@ -250,6 +250,11 @@ def score(items: list[Item], answers: list[str]) -> dict[str, Any]:
     if choice:
         metrics |= {"choice_questions": len(choice), "choice_accuracy": mean(choice)}
     sides = [(i.reversed, closed_correct(a, i.answer)) for i, a in pairs if i.kind == "side"]
+    if closed:
+        metrics["closed_accuracy_by_kind"] = {
+            kind: mean(closed_correct(a, i.answer) for i, a in pairs if i.closed and i.kind == kind)
+            for kind in sorted(set(kinds))
+        }
     if sides:
         metrics["side_accuracy_usual"] = mean(correct for reversed_, correct in sides if not reversed_)
         metrics["side_accuracy_reversed"] = mean(correct for reversed_, correct in sides if reversed_)
@@ -278,8 +283,14 @@ def score_reports(drafts: list[tuple[str, str, bool]]) -> dict[str, Any]:
 
 def markdown_table(benchmark: str, model: str, metrics: dict[str, Any]) -> str:
     lines = [f"# {benchmark}: {model}", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {name} | {'—' if value is None else value} |" for name, value in metrics.items()]
+    lines += [f"| {name} | {_cell(value)} |" for name, value in metrics.items()]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, dict):  # by question kind: "count 0.45, side 0.51"
+        return ", ".join(f"{key} {_cell(item)}" for key, item in value.items())
+    return "—" if value is None else str(value)
 
 
 def read_benchmark(name: str, data: Path, work_dir: Path) -> list[Item]:
@@ -402,12 +413,15 @@ def run(
 
 def spoken_paths(model_dir: Path, split: Path, cache_dir: Path, *, limit: int | None = None) -> dict[str, Any]:
     """The first ``limit`` spoken closed questions of a phantom split asked both ways (heard, and read
-    from the app's recognizer's transcript): what chooses how the app gives the model a spoken question."""
+    from the app's recognizer's transcript), and typed beside them: what chooses how the app gives the
+    model a spoken question. On a training-phrased split the typed figure, against the held-out split's,
+    tells what the model sees from what the held-out wording costs."""
     from omni_core.trained_parts import recognizer_folder
 
     items = [item for item in read_phantoms(split) if item.audio and item.closed][:limit]
     ask = asker(model_dir, cache_dir, 48)
-    return score_spoken(items, None, ask, recognizer_folder(model_dir, cache_dir))
+    typed = [ask(item.image, item.question) for item in items]
+    return score_spoken(items, typed, ask, recognizer_folder(model_dir, cache_dir))
 
 
 def asker(model_dir: Path, cache_dir: Path, max_new_tokens: int) -> Callable[..., str]:

@@ -138,3 +138,14 @@ def test_closed_accuracy_comes_with_the_majority_answer_baseline() -> None:
              enumerate(["no", "no", "no", "yes"])]  # fmt: skip
     metrics = score(items, ["no", "no", "no", "no"])  # a model that always says "no"
     assert metrics["closed_accuracy"] == metrics["closed_majority_baseline"] == 0.75
+
+
+def test_closed_accuracy_is_also_given_by_question_kind() -> None:
+    from training.benchmarks import Item, markdown_table
+
+    asked = [("presence", "yes", "yes"), ("presence", "no", "no"), ("side", "left", "left"), ("side", "right", "left")]
+    items = [Item(str(n), Path("x"), "?", answer, kind, True) for n, (kind, answer, _) in enumerate(asked)]
+    metrics = score(items, [said for *_, said in asked])  # a model that says "left" to every side question
+    assert metrics["closed_accuracy"] == 0.75
+    assert metrics["closed_accuracy_by_kind"] == {"presence": 1.0, "side": 0.5}
+    assert "| closed_accuracy_by_kind | presence 1.0, side 0.5 |" in markdown_table("phantoms", "m", metrics)

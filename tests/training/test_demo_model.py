@@ -48,6 +48,8 @@ def test_the_quick_build_runs_every_stage_and_writes_a_loadable_model_with_its_c
     choice = record["spoken_input_choice"]  # chosen on the validation split, ties go to the transcript
     heard, read = choice["spoken_closed_accuracy"], choice["transcribed_closed_accuracy"]
     assert serving["spoken_input"] == ("audio" if heard > read else "transcript")
+    typed = choice["typed_closed_accuracy_same_questions"]  # the same questions typed, in training words
+    assert f"closed accuracy was {typed:.2f}, against {metrics['closed_accuracy']:.2f} held out" in card
     recognizer = record["recognizer"]  # tiny.en's adaptation, kept only when it measured better on validation
     kept = recognizer["validation_wer_adapted"] < recognizer["validation_wer_tiny_en"]
     assert recognizer["used"] == kept == (folder / "recognizer").is_dir()

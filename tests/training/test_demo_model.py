@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from omni_core import OmniConfig, OmniForConditionalGeneration
 from omni_core.trained_parts import COMPONENTS, load_model_folder
-from training.demo_model import kmeans_codebooks
+from training.demo_model import DemoPlan, kmeans_codebooks, model_card
 from training.phantom_corpus import build_corpus
 
 
@@ -49,12 +49,27 @@ def test_the_quick_build_runs_every_stage_and_writes_a_loadable_model_with_its_c
     heard, read = choice["spoken_closed_accuracy"], choice["transcribed_closed_accuracy"]
     assert serving["spoken_input"] == ("audio" if heard > read else "transcript")
     typed = choice["typed_closed_accuracy_same_questions"]  # the same questions typed, in training words
-    assert f"closed accuracy was {typed:.2f}, against {metrics['closed_accuracy']:.2f} held out" in card
+    assert f"questions typed: {typed:.2f} in the training phrasings" in card
     recognizer = record["recognizer"]  # tiny.en's adaptation, kept only when it measured better on validation
     kept = recognizer["validation_wer_adapted"] < recognizer["validation_wer_tiny_en"]
     assert recognizer["used"] == kept == (folder / "recognizer").is_dir()
     model, _ = load_model_folder(folder, tmp_path / "cache")
     assert not model.training
+
+
+def test_the_card_sets_the_training_wording_beside_the_held_out_one_only_when_both_were_measured() -> None:
+    from dataclasses import asdict
+
+    record = {"plan": asdict(DemoPlan()), "corpus": {"studies": {}, "questions": {}}, "stages": []}
+    typed = {"spoken_questions": 150, "typed_closed_accuracy_same_questions": 0.82}
+    held_out = {"closed_accuracy": 0.67, "spoken_questions": 430, "typed_closed_accuracy_same_questions": 0.68}
+    card = model_card(record | {"spoken_input_choice": typed, "metrics": held_out})
+    assert "0.82 in the training phrasings" in card and "0.68 in the held-out phrasings" in card
+    assert "a gap of +0.14, more than two standard errors: the held-out wording costs" in card
+    close = model_card(record | {"spoken_input_choice": typed | {"spoken_questions": 8}, "metrics": held_out})
+    assert "a gap of +0.14, within two standard errors" in close  # eight questions tell nothing apart
+    unmeasured = model_card(record | {"spoken_input_choice": typed, "metrics": held_out | {"spoken_questions": 0}})
+    assert "training phrasings" not in unmeasured
 
 
 def test_kmeans_codebooks_take_up_the_speech_features_layer_by_layer(tmp_path: Path) -> None:

@@ -161,3 +161,14 @@ def test_answers_come_from_the_ground_truth_and_held_out_questions_use_other_wor
     normal = question_answers(GroundTruth("CR", "CHEST", "1.2.4", ChestFindings()), np.random.default_rng(2))
     assert {qa.answer for qa in normal if qa.kind.startswith("presence")} == {"no"}
     assert not [qa for qa in normal if qa.kind == "side"]
+
+
+def test_a_lesion_question_asks_about_nodules_and_masses_alike() -> None:
+    """Presence and count answer for every lesion: a question about nodules alone would be answered
+    "yes" for a mass, teaching the model a wrong answer."""
+    from medical_data.phantoms import HELD_OUT_PHRASINGS, TRAINING_PHRASINGS
+
+    for phrasings in (TRAINING_PHRASINGS, HELD_OUT_PHRASINGS):
+        for phrasing in phrasings["presence_lesion"] + phrasings["count"]:
+            named = set(re.findall(r"nodule|mass|lesion", phrasing.lower()))
+            assert "lesion" in named or {"nodule", "mass"} <= named, phrasing

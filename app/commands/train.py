@@ -306,7 +306,7 @@ def demo_model_build(
 ) -> None:
     """Train the default model on this machine: the phantom corpus, the paper's stages at small scale
     (audio codebooks, vision pretraining, image-text, audio-text, omni SFT with LoRA), a trained-parts
-    folder with a model card and its held-out figures. About 80 minutes on 2 CPU cores."""
+    folder with a model card and its held-out figures. 80 to 140 minutes on 2 CPU cores, by the machine."""
     import json
 
     from app.commands.common import current_settings
